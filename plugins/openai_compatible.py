@@ -1,0 +1,188 @@
+"""Provider for any OpenAI-compatible server: vLLM, SGLang, Ollama, llama.cpp, OpenAI...
+
+Written as a third-party plugin would be: it uses only ``router``'s public interface
+(``hookimpl``, ``Provider``, ``UpstreamResponse`` and the errors). One pooled
+``aiohttp.ClientSession`` per backend; connect, first-byte and idle-read timeouts so no
+wait is unbounded; the backend's API key goes in the Authorization header.
+
+Config keys (beyond the common backend keys)::
+
+    models: ["llama-*", "qwen2.5-7b"]   # names or globs; default: everything discovered
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fnmatch
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+
+from router import hookimpl, jsonlib
+from router.config import BackendConfig
+from router.errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from router.provider import ModelCard, Provider, UpstreamRequest, UpstreamResponse
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclasses.dataclass
+class OpenAICompatibleOptions:
+    models: list[str] = dataclasses.field(default_factory=list)
+
+
+class AiohttpUpstreamResponse(UpstreamResponse):
+    __slots__ = ("_response", "_read_timeout", "status", "content_type", "headers")
+
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float) -> None:
+        self._response = response
+        self._read_timeout = read_timeout
+        self.status = response.status
+        self.content_type = response.content_type
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                return await self._response.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no data for read_timeout_s = {self._read_timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"the backend connection failed mid-response: {exc}") from exc
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        timeout = self._read_timeout
+        try:
+            while True:
+                async with asyncio.timeout(timeout):
+                    chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"the stream sent nothing for read_timeout_s = {timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"the backend connection failed mid-stream: {exc}") from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class OpenAICompatibleProvider(Provider):
+    options_class = OpenAICompatibleOptions
+    required_keys = ("base_url",)
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.root = normalize_base_url(config.base_url or "")
+        options: OpenAICompatibleOptions = config.options or OpenAICompatibleOptions()
+        self.patterns = [p for p in options.models if _GLOB_CHARS & set(p)]
+        self.literals = [p for p in options.models if not _GLOB_CHARS & set(p)]
+        self.headers: dict[str, str] = dict(config.headers)
+        if config.api_key:
+            self.headers["Authorization"] = f"Bearer {config.api_key}"
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, ttl_dns_cache=300),
+            # The first-byte and idle-read limits are applied per phase in send/iter_chunks.
+            timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s),
+            headers=self.headers,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            raise UpstreamUnreachable(f"backend {self.name!r} is not started")
+        return self.session
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        session = self._session()
+        headers = {"Content-Type": "application/json", **request.headers}
+        if request.stream:
+            headers["Accept"] = "text/event-stream"
+        try:
+            async with asyncio.timeout(self.config.first_byte_timeout_s):
+                response = await session.post(
+                    f"{self.root}/v1/{request.endpoint}", data=request.body, headers=headers
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"backend {self.name!r} sent no response within "
+                f"first_byte_timeout_s = {self.config.first_byte_timeout_s:g}s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(f"backend {self.name!r} is unreachable: {exc}") from exc
+        return AiohttpUpstreamResponse(response, self.config.read_timeout_s)
+
+    async def _get(self, path: str) -> aiohttp.ClientResponse:
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_s + 5):
+                response = await self._session().get(f"{self.root}{path}")
+                await response.read()
+                return response
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"backend {self.name!r}: GET {path} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(f"backend {self.name!r} is unreachable: {exc}") from exc
+
+    async def list_models(self) -> list[ModelCard]:
+        response = await self._get("/v1/models")
+        body = await response.read()
+        if response.status != 200:
+            raise UpstreamHTTPError(response.status, body)
+        try:
+            data = jsonlib.loads(body)["data"]
+            cards = [_card(item) for item in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamError(f"backend {self.name!r}: /v1/models is not an OpenAI model list") from exc
+        if self.patterns or self.literals:
+            cards = [c for c in cards if self.wants(c.id)]
+        seen = {c.id for c in cards}
+        return cards + [c for c in self.declared_models() if c.id not in seen]
+
+    def wants(self, model_id: str) -> bool:
+        return model_id in self.literals or any(fnmatch.fnmatchcase(model_id, p) for p in self.patterns)
+
+    def declared_models(self) -> list[ModelCard]:
+        return [ModelCard(id=name) for name in self.literals]
+
+    async def health_check(self) -> None:
+        path = self.config.health_check_path
+        response = await self._get(path)
+        if response.status >= 400:
+            raise UpstreamHTTPError(response.status, await response.read())
+
+
+def normalize_base_url(url: str) -> str:
+    """The server root: a trailing slash and a trailing ``/v1`` are both accepted."""
+    url = url.rstrip("/")
+    if url.endswith("/v1"):
+        url = url[:-3]
+    return url
+
+
+def _card(item: Any) -> ModelCard:
+    extra = {k: v for k, v in item.items() if k not in ("id", "object", "owned_by", "created")}
+    return ModelCard(
+        id=str(item["id"]),
+        owned_by=str(item.get("owned_by") or "upstream"),
+        created=int(item.get("created") or 0),
+        extra=extra,
+    )
+
+
+@hookimpl
+def register_providers(register):  # type: ignore[no-untyped-def]
+    register("openai_compatible", OpenAICompatibleProvider)

@@ -1,0 +1,95 @@
+"""The admin API: live backends, status and queues, guarded by ``server.admin_key``.
+
+``POST /admin/backends`` registers a backend (same fields as in YAML), ``DELETE
+/admin/backends/{name}`` drains it (in-flight requests finish) and removes it,
+``GET /admin/backends`` and ``GET /status`` show health, circuit, load and models,
+``GET /admin/queue`` shows queue depths. Without a configured key the admin API is off.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from router.config import ConfigError, parse_backend
+from router.errors import AuthenticationFailed, InvalidRequest, NotFound, RouterError
+from router.views import STATE, Handler, json_response
+
+DRAIN_TIMEOUT_S = 60.0
+
+
+def _authorized(request: web.Request) -> None:
+    key = request.app[STATE].config.server.admin_key
+    if not key:
+        error = NotFound("the admin API is off: set server.admin_key in the config to enable it")
+        raise error
+    given = request.headers.get("Authorization", "")
+    if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), key.encode()):
+        raise AuthenticationFailed("missing or wrong admin key: send 'Authorization: Bearer <server.admin_key>'")
+
+
+def guarded(handler: Handler) -> Handler:
+    async def view(request: web.Request) -> web.StreamResponse:
+        _authorized(request)
+        return await handler(request)
+
+    return view
+
+
+async def status(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE].status())
+
+
+async def list_backends(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response({"backends": [b.status() for b in state.backends.values()]})
+
+
+async def add_backend(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    # The body is JSON, which is YAML: one validator for both, with the same messages.
+    try:
+        cfg = parse_backend(await request.text(), state.providers)
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc), param=exc.key or None) from exc
+    if cfg.name in state.backends:
+        error: RouterError = InvalidRequest(f"a backend named {cfg.name!r} exists already", param="name")
+        error.status = 409
+        raise error
+    backend = await state.add_backend(cfg)
+    return json_response(backend.status(), status=201)
+
+
+async def remove_backend(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    name = request.match_info["name"]
+    if name not in state.backends:
+        raise NotFound(f"no backend named {name!r}")
+    await state.remove_backend(name, DRAIN_TIMEOUT_S)
+    return json_response({"removed": name})
+
+
+async def queue(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response(
+        {
+            "backends": {
+                b.name: {
+                    "in_flight": b.in_flight,
+                    "queued": b.limit.waiting if b.limit else 0,
+                    "max_concurrent": b.config.max_concurrent,
+                    "max_queue": b.config.max_queue if b.limit else None,
+                }
+                for b in state.backends.values()
+            }
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/status", guarded(status))
+    app.router.add_get("/admin/backends", guarded(list_backends))
+    app.router.add_post("/admin/backends", guarded(add_backend))
+    app.router.add_delete("/admin/backends/{name}", guarded(remove_backend))
+    app.router.add_get("/admin/queue", guarded(queue))

@@ -1,0 +1,176 @@
+"""The router's exception tree. Every error leaves the router in OpenAI's envelope.
+
+    RouterError                      status, type, code, param, retryable, retry_after
+    ├── InvalidRequest               400  client's fault, never retried
+    ├── AuthenticationFailed         401
+    ├── ModelNotFound                404  model_not_found, lists what is available
+    ├── Overloaded                   429  queue full (router side); retryable on another backend
+    ├── NoBackendAvailable           503  every backend for the model is down / open / draining
+    └── UpstreamError                     raised at the provider boundary
+        ├── UpstreamUnreachable      502  connection refused / reset before the first byte
+        ├── UpstreamTimeout          504  connect or first-byte timeout
+        └── UpstreamHTTPError        the upstream's own status; retryable for 408/429/5xx
+
+Failover reads ``retryable``; it never matches on message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router import jsonlib
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class RouterError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body(self) -> bytes:
+        return jsonlib.dumps(self.envelope())
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class InvalidRequest(RouterError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(RouterError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Overloaded(RouterError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+    retryable = True
+
+
+class NoBackendAvailable(RouterError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_backend_available"
+
+
+class UpstreamError(RouterError):
+    """An error from or on the way to a backend."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout"
+    code = "upstream_timeout"
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The upstream answered with an error status; its body is passed on when OpenAI-shaped."""
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.retryable = status in RETRYABLE_STATUSES
+        self.raw_body = body
+        self.content_type = content_type
+        self._upstream_envelope = _openai_envelope(body)
+        if self._upstream_envelope is not None:
+            message = str(self._upstream_envelope["error"].get("message", ""))
+        else:
+            text = body[:500].decode("utf-8", "replace").strip()
+            message = f"upstream returned HTTP {status}" + (f": {text}" if text else "")
+        super().__init__(message, retry_after=retry_after)
+        if status == 429:
+            self.type = "rate_limit_error"
+        elif status < 500:
+            self.type = "invalid_request_error"
+
+    def body(self) -> bytes:
+        if self._upstream_envelope is not None:
+            return self.raw_body
+        return super().body()
+
+
+def _openai_envelope(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = jsonlib.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return data
+    return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are ignored)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

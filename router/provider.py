@@ -1,0 +1,138 @@
+"""The provider interface: what a provider plugin implements.
+
+A provider turns one configured backend into something the router can send OpenAI-shaped
+requests to. It is shaped like httpx's ``AsyncBaseTransport``: a few async methods plus
+``aclose()``. The router owns routing, retries, circuit state and the client-facing
+response; a provider only talks to its backend and maps failures onto
+``router.errors.UpstreamError`` subclasses (with ``raise ... from exc``).
+
+A plugin registers its class through the ``register_providers`` hook::
+
+    from router import hookimpl
+    from router.provider import Provider
+
+    class MyProvider(Provider):
+        ...
+
+    @hookimpl
+    def register_providers(register):
+        register("my_provider", MyProvider)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from router.config import BackendConfig
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelCard:
+    """One model a backend serves, as listed by ``/v1/models``."""
+
+    id: str
+    owned_by: str = "router"
+    created: int = 0
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class UpstreamRequest:
+    """One request as sent to a backend.
+
+    ``endpoint`` is the OpenAI path below ``/v1`` (``chat/completions``, ``completions``,
+    ``embeddings``). ``body`` is the exact JSON to send (the client's bytes unless the
+    router rewrote the model name); ``payload`` is the same body parsed, for providers
+    that need fields (read it, don't change it).
+    """
+
+    endpoint: str
+    body: bytes
+    payload: dict[str, Any]
+    model: str
+    stream: bool
+    request_id: str
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class UpstreamResponse(abc.ABC):
+    """A backend's response whose headers have arrived; the body is read lazily."""
+
+    status: int
+    content_type: str
+    headers: Mapping[str, str]
+
+    @abc.abstractmethod
+    async def read(self) -> bytes:
+        """The whole body."""
+
+    @abc.abstractmethod
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, chunk by chunk, with nothing held back."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection at once (also mid-body: the upstream sees the close)."""
+
+
+class Provider(abc.ABC):
+    """Base class for provider plugins.
+
+    ``options_class`` is a dataclass describing the provider's own backend keys (beyond
+    the common ones in ``router.config.BackendConfig``); the config loader validates
+    them with file, key and line in every error, and passes the instance as
+    ``config.options``.
+    """
+
+    options_class: ClassVar[type | None] = None
+    #: Common backend keys this provider cannot work without (e.g. ``base_url``).
+    required_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def start(self) -> None:
+        """Open pools, start workers marked for preload. Called once before serving."""
+
+    async def aclose(self) -> None:
+        """Release everything ``start`` and ``send`` opened."""
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[ModelCard]:
+        """The models this backend serves now (discovery). Raise UpstreamError if it can't say."""
+
+    @abc.abstractmethod
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send one request; return once the response headers are in.
+
+        Raise an ``UpstreamError`` (never a bare aiohttp/OS error) when the backend is
+        unreachable, times out before the first byte, or fails to start.
+        """
+
+    def declared_models(self) -> list[ModelCard]:
+        """Models known from the config alone (no globs), routable even before discovery
+        succeeds, so a request for them gets 503 while the backend is down, not 404."""
+        return []
+
+    async def health_check(self) -> None:
+        """A cheap liveness probe, never a billed completion. Raise UpstreamError if down."""
+        await self.list_models()
+
+    def status(self) -> dict[str, Any]:
+        """Provider-specific facts for ``/status`` (loaded models, queue depths...)."""
+        return {}
+
+    async def __aenter__(self) -> Provider:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

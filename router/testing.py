@@ -1,0 +1,323 @@
+"""Helpers for testing the router and plugins against real servers on 127.0.0.1.
+
+``FakeUpstream`` is a real OpenAI-compatible aiohttp server whose behaviour a test can
+change while it runs (slow, failing, hanging, resetting). ``RouterProcess`` starts the
+router the way a user does (``python -m router serve``) and stops it. Plugin authors use
+both to test a provider end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from router import jsonlib
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Behaviour:
+    """What the fake upstream does next; tests change fields while it runs."""
+
+    delay_s: float = 0.0            # before the response headers
+    chunk_delay_s: float = 0.0      # between stream chunks
+    chunks: int = 3                 # content chunks in a stream
+    fail_status: int | None = None  # answer every completion with this status
+    fail_body: bytes | None = None  # ... and this body (default: an OpenAI error)
+    retry_after: str | None = None  # Retry-After header on failures
+    hang: bool = False              # never answer
+    reset: bool = False             # drop the connection before answering
+    die_after_chunks: int | None = None  # drop the connection mid-stream
+
+
+class FakeUpstream:
+    """An OpenAI-compatible server on 127.0.0.1 for tests and benchmarks."""
+
+    def __init__(self, name: str = "upstream", models: list[str] | None = None) -> None:
+        self.name = name
+        self.models = list(models or ["test-model"])
+        self.behaviour = Behaviour()
+        self.requests: list[dict[str, Any]] = []
+        self.headers_seen: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.cancelled = 0
+        self.health_checks = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/health", self.health)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        return app
+
+    async def start(self, port: int = 0) -> FakeUpstream:
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port or free_port())
+        await site.start()
+        self.port = site._port  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
+        return web.json_response({"status": "ok"})
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
+        data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": self.name} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _begin(self, request: web.Request) -> tuple[dict[str, Any], web.StreamResponse | None]:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers_seen.append(dict(request.headers))
+        b = self.behaviour
+        if b.hang:
+            await asyncio.sleep(3600)
+        if b.delay_s:
+            await asyncio.sleep(b.delay_s)
+        if b.reset:
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        if b.fail_status is not None:
+            headers = {"Retry-After": b.retry_after} if b.retry_after else {}
+            if b.fail_body is not None:
+                return body, web.Response(status=b.fail_status, body=b.fail_body, headers=headers)
+            error = {"error": {"message": f"{self.name} failed on purpose", "type": "server_error",
+                               "param": None, "code": "fake_failure"}}
+            return body, web.json_response(error, status=b.fail_status, headers=headers)
+        if body.get("model") not in self.models:
+            error = {"error": {"message": f"model {body.get('model')!r} not found on {self.name}",
+                               "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+            return body, web.json_response(error, status=404)
+        return body, None
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            body, early = await self._begin(request)
+            if early is not None:
+                return early
+            if body.get("stream"):
+                return await self._stream(request, body, chat)
+            return web.json_response(self._completion(body, chat))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    def _text(self, body: dict[str, Any]) -> str:
+        return f"hello from {self.name}"
+
+    def _completion(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        text = self._text(body)
+        usage = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if body.get("tools"):
+                tool = body["tools"][0]["function"]["name"]
+                message = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": tool, "arguments": '{"city": "Paris"}'}}]}
+            choice: dict[str, Any] = {"index": 0, "message": message,
+                                      "finish_reason": "tool_calls" if body.get("tools") else "stop"}
+            return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                    "model": body["model"], "choices": [choice], "usage": usage,
+                    "x_upstream": self.name}
+        return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "usage": usage}
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], chat: bool) -> web.StreamResponse:
+        b = self.behaviour
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        created = int(time.time())
+        for i in range(b.chunks):
+            if b.die_after_chunks is not None and i == b.die_after_chunks:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            piece = f"tok{i} "
+            if chat:
+                delta: dict[str, Any] = {"content": piece}
+                if i == 0:
+                    delta["role"] = "assistant"
+                if body.get("tools") and i == 0:
+                    delta["tool_calls"] = [{"index": 0, "id": "call_1", "type": "function",
+                                            "function": {"name": "get_weather", "arguments": ""}}]
+                chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                         "model": body["model"], "x_unknown_field": i,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            else:
+                chunk = {"id": "cmpl-fake", "object": "text_completion", "created": created,
+                         "model": body["model"], "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+            chunk["sent_at"] = time.time()
+            await response.write(b"data: " + jsonlib.dumps(chunk) + b"\n\n")
+            if b.chunk_delay_s:
+                await asyncio.sleep(b.chunk_delay_s)
+        final: dict[str, Any] = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                                 "model": body["model"],
+                                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await response.write(b"data: " + jsonlib.dumps(final) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                     "model": body["model"], "choices": [],
+                     "usage": {"prompt_tokens": 5, "completion_tokens": b.chunks, "total_tokens": 5 + b.chunks}}
+            await response.write(b"data: " + jsonlib.dumps(usage) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body, early = await self._begin(request)
+        if early is not None:
+            return early  # type: ignore[return-value]
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
+                for i in range(len(inputs))]
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
+
+class BackgroundLoop:
+    """An asyncio loop in a daemon thread, so servers keep answering while a test blocks
+    (e.g. in the synchronous ``openai`` client)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start_upstream(self, name: str = "upstream", models: list[str] | None = None) -> FakeUpstream:
+        return self.run(FakeUpstream(name, models).start())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class RouterProcess:
+    """The router started as a user starts it: ``python -m router serve --config PATH``."""
+
+    def __init__(self, config_path: str | Path, *, env: dict[str, str] | None = None,
+                 port: int | None = None, extra_args: list[str] | None = None) -> None:
+        self.config_path = str(config_path)
+        self.port = port or free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> RouterProcess:
+        cmd = [sys.executable, "-m", "router", "serve", "--config", self.config_path,
+               "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=self.env)
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("router exited before it was ready:\n" + "".join(self.output))
+            self.output.append(line)
+            if line.startswith("Router listening on "):
+                self._drain()
+                return self
+        self.stop()
+        raise RuntimeError("router did not become ready:\n" + "".join(self.output))
+
+    def _drain(self) -> None:
+        """Keep reading the router's output in the background so its pipe never fills."""
+        import threading
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def __enter__(self) -> RouterProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_upstream(name: str = "upstream", models: list[str] | None = None) -> AsyncIterator[FakeUpstream]:
+    upstream = await FakeUpstream(name, models).start()
+    try:
+        yield upstream
+    finally:
+        await upstream.stop()
+
+
+@contextlib.contextmanager
+def router_process(config_path: str | Path, **kwargs: Any) -> Iterator[RouterProcess]:
+    with RouterProcess(config_path, **kwargs) as proc:
+        yield proc
