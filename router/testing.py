@@ -198,9 +198,10 @@ class FakeUpstream:
             await response.write(b"data: " + jsonlib.dumps(chunk) + b"\n\n")
             if b.chunk_delay_s:
                 await asyncio.sleep(b.chunk_delay_s)
+        final_choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+        final_choice.update({"delta": {}} if chat else {"text": ""})
         final: dict[str, Any] = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
-                                 "model": body["model"],
-                                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                                 "model": body["model"], "choices": [final_choice]}
         await response.write(b"data: " + jsonlib.dumps(final) + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,

@@ -1,0 +1,161 @@
+"""Plugin machinery: the documented example plugin is installed and run, every hook is
+documented and exercised, ROUTER_LOAD_PLUGINS restricts what loads."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from router import hookspecs
+from router.plugins import DEFAULT_PLUGINS, make_plugin_manager, providers, strategies
+from tests.conftest import backend
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "docs" / "examples" / "router-echo"
+HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+               if hasattr(fn, "router_spec"))
+
+
+@pytest.fixture(scope="module")
+def example_plugin_path(tmp_path_factory) -> str:
+    """Install the example plugin as a user would (pip), into a directory of its own."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+                   check=True, capture_output=True, timeout=180)
+    return str(target)
+
+
+@pytest.fixture
+def echo_router(example_plugin_path, start_router, upstreams, tmp_path):
+    up = upstreams("real", models=["echo-1"])
+    log = tmp_path / "events.jsonl"
+    env = {"PYTHONPATH": os.pathsep.join([example_plugin_path, str(ROOT)]), "ROUTER_ECHO_LOG": str(log)}
+    router = start_router({
+        "routing": {"strategy": "alphabetical"},
+        "backends": [
+            {"name": "b-echo", "provider": "echo", "prefix": "echo: ", "model_names": ["echo-1"]},
+            backend("a-real", up),
+        ],
+    }, env=env)
+    return router, up, log
+
+
+def events(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_hooks_are_all_documented():
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    for name in HOOKS:
+        assert re.search(rf"^### `{name}\(", docs, re.M), f"hook {name} is not documented in docs/plugins.md"
+        params = list(inspect.signature(getattr(hookspecs, name)).parameters)
+        heading = re.search(rf"^### `{name}\((.*)\)`", docs, re.M)
+        assert heading and [p.strip() for p in heading.group(1).split(",") if p.strip()] == params
+
+
+def test_every_hook_has_a_test():
+    source = Path(__file__).read_text()
+    for name in HOOKS:
+        assert f"def test_hook_{name}" in source, f"hook {name} has no test_hook_{name}"
+
+
+def test_builtins_register_like_third_party_plugins():
+    pm = make_plugin_manager()
+    for name in DEFAULT_PLUGINS:
+        assert pm.has_plugin(name)
+    assert "openai_compatible" in providers(pm)
+    assert {"round_robin", "random", "weighted", "least_connections", "least_latency", "sticky"} <= set(strategies(pm))
+
+
+def test_load_plugins_env_restricts(monkeypatch):
+    monkeypatch.setenv("ROUTER_LOAD_PLUGINS", "router.strategies")
+    pm = make_plugin_manager()
+    assert providers(pm) == {}
+    assert "round_robin" in strategies(pm)
+    monkeypatch.setenv("ROUTER_LOAD_PLUGINS", "")
+    assert strategies(make_plugin_manager()) == {}
+
+
+def test_hook_register_providers(echo_router):
+    router, _, _ = echo_router
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+    completion = client.chat.completions.with_raw_response.create(
+        model="echo-1", messages=[{"role": "user", "content": "hello there"}],
+        extra_body={"echo_backend": "b-echo"})
+    assert completion.headers["X-Router-Backend"] == "b-echo"
+    assert completion.parse().choices[0].message.content == "echo: hello there"
+    stream = client.chat.completions.create(
+        model="echo-1", messages=[{"role": "user", "content": "one two"}], stream=True,
+        extra_body={"echo_backend": "b-echo"})
+    assert "".join(c.choices[0].delta.content for c in stream) == "echo: one two "
+
+
+def test_hook_register_strategies(echo_router):
+    router, up, _ = echo_router
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+    for _ in range(3):  # "alphabetical" always picks a-real over b-echo
+        resp = client.chat.completions.with_raw_response.create(model="echo-1", messages=[])
+        assert resp.headers["X-Router-Backend"] == "a-real"
+    assert len(up.requests) == 3
+
+
+def test_hook_filter_backends(echo_router):
+    router, up, _ = echo_router
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+    resp = client.chat.completions.with_raw_response.create(
+        model="echo-1", messages=[], extra_body={"echo_backend": "b-echo"})
+    assert resp.headers["X-Router-Backend"] == "b-echo" and up.requests == []
+
+
+def test_hook_prepare_request(echo_router):
+    router, _, _ = echo_router
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+    completion = client.chat.completions.create(
+        model="echo-1", messages=[{"role": "user", "content": "quiet"}],
+        extra_body={"echo_backend": "b-echo", "echo_shout": True})
+    assert completion.choices[0].message.content == "echo: QUIET"
+
+
+def test_hook_observe_response(echo_router):
+    router, _, log = echo_router
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+    client.chat.completions.create(model="echo-1", messages=[], extra_body={"echo_backend": "b-echo"})
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="missing", messages=[])
+    responses = [e for e in events(log) if e["event"] == "response"]
+    assert [(e["model"], e["status"], e["backend"]) for e in responses] == [
+        ("echo-1", 200, "b-echo"), ("missing", 404, None)]
+
+
+def test_hook_startup(echo_router):
+    _, _, log = echo_router
+    assert events(log)[0] == {"event": "startup", "backends": ["a-real", "b-echo"]}
+
+
+def test_hook_shutdown(echo_router):
+    router, _, log = echo_router
+    router.stop()
+    deadline = time.monotonic() + 5
+    while not any(e["event"] == "shutdown" for e in events(log)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events(log)[-1] == {"event": "shutdown"}
+
+
+def test_plugin_options_are_validated_with_lines(example_plugin_path, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("backends:\n  - name: e\n    provider: echo\n    prefix: [1]\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([example_plugin_path, str(ROOT)])}
+    result = subprocess.run([sys.executable, "-m", "router", "check", "--config", str(cfg)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1
+    assert f"{cfg}:4: backends[0].prefix: expected a string" in result.stderr
