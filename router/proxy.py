@@ -164,6 +164,8 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         reraise=True,
     ):
         with attempt:
+            if tried:
+                state.retries += 1
             now = time.monotonic()
             candidates = [
                 b for b in state.index.get(request.target_model, serving)

@@ -51,6 +51,11 @@ class RouterState:
         self.index: dict[str, list[Backend]] = {}
         self.aliases: dict[str, str] = dict(config.aliases)
         self._tasks: list[asyncio.Task[None]] = []
+        # Totals since start, shown in /status: client requests, extra attempts made on
+        # another backend (failover), and requests that ended in an error.
+        self.requests = 0
+        self.retries = 0
+        self.errors = 0
         self._strategy_cache: dict[str, Strategy] = {}
         # Per-request hooks are skipped entirely when no plugin implements them.
         self.has_prepare_hooks = bool(pm.hook.prepare_request.get_hookimpls())
@@ -187,6 +192,9 @@ class RouterState:
         return {
             "ready": self.ready(),
             "strategy": self.config.routing.strategy,
+            "requests": self.requests,
+            "retries": self.retries,
+            "errors": self.errors,
             "backends": [b.status() for b in self.backends.values()],
             "aliases": self.aliases,
         }

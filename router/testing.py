@@ -83,6 +83,20 @@ class FakeUpstream:
         self.port = site._port  # type: ignore[attr-defined]
         return self
 
+    async def kill(self) -> None:
+        """Die like a crashed server: stop listening and reset every open connection."""
+        if self._runner is None:
+            return
+        for site in self._runner.sites:
+            server = site._server  # type: ignore[attr-defined]
+            if server is not None:
+                server.close()
+        if self._runner.server is not None:
+            for conn in self._runner.server.connections:
+                if conn.transport is not None:
+                    conn.transport.abort()
+        await self.stop()
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()

@@ -90,7 +90,12 @@ def proxy_view(endpoint: str) -> Handler:
         state = request.app[STATE]
         request_id = request_id_of(request)
         body = await request.read()
-        proxy_request = ProxyRequest.parse(endpoint, body, request_id, request.headers)
+        state.requests += 1
+        try:
+            proxy_request = ProxyRequest.parse(endpoint, body, request_id, request.headers)
+        except RouterError:
+            state.errors += 1
+            raise
         status = 500
         exchange = None
         try:
@@ -111,7 +116,12 @@ def proxy_view(endpoint: str) -> Handler:
         except RouterError as exc:
             status = exc.status
             raise
+        except asyncio.CancelledError:
+            status = 499  # the client closed the request (nginx's convention)
+            raise
         finally:
+            if status >= 400:
+                state.errors += 1
             if exchange is not None:
                 exchange.finish(None)  # no-op unless something above failed before finishing
             if state.has_observe_hooks:
