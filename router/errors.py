@@ -28,6 +28,8 @@ class RouterError(Exception):
     type: str = "server_error"
     code: str | None = None
     retryable: bool = False
+    #: The backend the error came from, if any (sent as X-Router-Backend).
+    backend: str | None = None
 
     def __init__(
         self,
@@ -58,9 +60,12 @@ class RouterError(Exception):
         return jsonlib.dumps(self.envelope())
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        if self.backend is not None:
+            headers["X-Router-Backend"] = self.backend
+        return headers
 
 
 class InvalidRequest(RouterError):

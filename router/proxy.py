@@ -185,6 +185,7 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
             try:
                 response = await backend.send(request.upstream(served_model))
             except RouterError as exc:
+                exc.backend = backend.name
                 last_error = exc
                 raise
             return Exchange(backend, response, len(tried))

@@ -188,7 +188,7 @@ def test_upstream_openai_error_passes_through(one):
     up, router = one
     up.behaviour.fail_status = 400
     status, headers, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})
-    assert status == 400
+    assert status == 400 and headers["X-Router-Backend"] == "alpha"
     assert body == {"error": {"message": "alpha failed on purpose", "type": "server_error",
                               "param": None, "code": "fake_failure"}}
 
@@ -287,3 +287,22 @@ def test_health_endpoints(one):
     assert status == 200 and json.loads(raw)["backends"] == {"alpha": "available"}
     assert http("GET", f"{router.url}/health/live")[0] == 200
     assert http("GET", f"{router.url}/health/ready")[0] == 200
+
+
+def test_cli_models_lists_each_backend(upstreams, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import write_config
+    up = upstreams("alpha", models=["m1", "m2"])
+    cfg = write_config(tmp_path / "c.yaml", {
+        "backends": [backend("alpha", up), {"name": "down", "provider": "openai_compatible",
+                                            "base_url": "http://127.0.0.1:9", "models": ["x"]}],
+        "aliases": {"fast": "m1"}})
+    result = subprocess.run([sys.executable, "-m", "router", "models", "--config", str(cfg)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "alpha: m1, m2" in lines
+    assert any(line.startswith("down: unavailable: ") for line in lines)
+    assert "alias fast -> m1" in lines
