@@ -306,3 +306,22 @@ def test_cli_models_lists_each_backend(upstreams, tmp_path):
     assert "alpha: m1, m2" in lines
     assert any(line.startswith("down: unavailable: ") for line in lines)
     assert "alias fast -> m1" in lines
+
+
+def test_keys_never_reach_logs_or_status(bg, upstreams, start_router):
+    up = upstreams("alpha")
+    router = start_router({
+        "server": {"admin_key": "admin-secret-123", "log_level": "debug"},
+        "routing": {"retries": 0, "health_check_interval_s": 0.2},
+        "backends": [backend("alpha", up, api_key="sk-live-SECRET-456")],
+    })
+    assert post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})[0] == 200
+    bg.run(up.kill())
+    assert post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})[0] == 502
+    time.sleep(0.5)
+    status, _, raw = http("GET", f"{router.url}/status", headers={"Authorization": "Bearer admin-secret-123"})
+    assert status == 200
+    router.stop()
+    everything = router.log() + raw.decode()
+    assert "unhealthy" in router.log()  # the log did record the failures...
+    assert "sk-live-SECRET-456" not in everything and "admin-secret-123" not in everything
