@@ -14,13 +14,15 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import pluggy
+
 from router.config import Config, ConfigError, load_config
 from router.plugins import make_plugin_manager, providers, strategies
 
 log = logging.getLogger("router")
 
 
-def _load(path: str) -> tuple[Config, object]:
+def _load(path: str) -> tuple[Config, pluggy.PluginManager]:
     pm = make_plugin_manager()
     config = load_config(path, providers(pm), strategies(pm))
     return config, pm
@@ -33,21 +35,21 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _serve(config: Config, pm: object) -> None:
+async def _serve(config: Config, pm: pluggy.PluginManager) -> None:
     from aiohttp import web
 
     from router.app import init_app
 
-    app = init_app(config, pm)  # type: ignore[arg-type]
+    app = init_app(config, pm)
     access_log = logging.getLogger("aiohttp.access") if config.server.log_level == "debug" else None
     runner = web.AppRunner(app, handler_cancellation=True, access_log=access_log)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
     await site.start()
     port = config.server.port
-    server = site._server  # the only way to learn the port chosen for port 0
-    if server is not None and getattr(server, "sockets", None):
-        port = server.sockets[0].getsockname()[1]
+    sockets = getattr(site._server, "sockets", None)  # the only way to learn port 0's choice
+    if sockets:
+        port = sockets[0].getsockname()[1]
     print(f"Router listening on http://{config.server.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,10 +83,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _models(config: Config, pm: object) -> dict[str, object]:
+async def _models(config: Config, pm: pluggy.PluginManager) -> dict[str, list[str] | str]:
     from router.state import RouterState
 
-    state = RouterState(config, pm)  # type: ignore[arg-type]
+    state = RouterState(config, pm)
     await asyncio.gather(*(state.add_backend(cfg, rebuild=False) for cfg in config.backends))
     try:
         return {

@@ -135,7 +135,7 @@ class _Loader:
             mapping = self.mapping(node, key)
             _, value_tp = typing.get_args(tp)
             return {k: self.build(value_tp, v, f"{key}.{k}") for k, (_, v) in mapping.items()}
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self.dataclass(tp, node, key)
         return self.scalar(tp, node, key)
 

@@ -213,7 +213,10 @@ class FakeUpstream:
             if b.chunk_delay_s:
                 await asyncio.sleep(b.chunk_delay_s)
         final_choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-        final_choice.update({"delta": {}} if chat else {"text": ""})
+        if chat:
+            final_choice["delta"] = {}
+        else:
+            final_choice["text"] = ""
         final: dict[str, Any] = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
                                  "model": body["model"], "choices": [final_choice]}
         await response.write(b"data: " + jsonlib.dumps(final) + b"\n\n")

@@ -63,7 +63,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge as exc:
         limit = request.app[STATE].config.server.max_body_mb
         error: RouterError = PayloadTooLarge(
-            f"the request body is too large ({exc.text.strip()}); the limit is "
+            f"the request body is too large ({(exc.text or '').strip()}); the limit is "
             f"server.max_body_mb = {limit:g} MB"
         )
         return error_response(error, request_id_of(request))
