@@ -147,6 +147,8 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         await call_hook(state.pm.hook.prepare_request, request=request)
     request.target_model = state.resolve(request.model)
     serving = state.index.get(request.target_model)
+    if not serving and await state.refresh_for_unknown_model(request.target_model):
+        serving = state.index[request.target_model]
     if not serving:
         raise ModelNotFound(
             f"The model {request.model!r} does not exist or is not served by any backend. "

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pluggy
+from cachetools import TTLCache
 
 from router import plugins
 from router.backend import Backend
@@ -24,6 +25,8 @@ from router.provider import ModelCard, Provider
 from router.strategies import Strategy
 
 log = logging.getLogger("router")
+
+MISS_REFRESH_S = 10.0
 
 
 async def await_maybe(value: Any) -> Any:
@@ -57,6 +60,12 @@ class RouterState:
         self.retries = 0
         self.errors = 0
         self._strategy_cache: dict[str, Strategy] = {}
+        # A request for an unknown model triggers one early discovery (shared by concurrent
+        # misses, at most one per MISS_REFRESH_S), so a model just added upstream is
+        # routable at once; a flood of bogus names cannot turn into a flood of discoveries.
+        self._miss_refresh: TTLCache[str, asyncio.Task[None]] = TTLCache(
+            maxsize=1, ttl=min(MISS_REFRESH_S, config.routing.discovery_interval_s)
+        )
         # Per-request hooks are skipped entirely when no plugin implements them.
         self.has_prepare_hooks = bool(pm.hook.prepare_request.get_hookimpls())
         self.has_filter_hooks = bool(pm.hook.filter_backends.get_hookimpls())
@@ -131,6 +140,15 @@ class RouterState:
     async def discover_all(self) -> None:
         await asyncio.gather(*(self.discover(b) for b in list(self.backends.values())))
         self.rebuild_index()
+
+    async def refresh_for_unknown_model(self, model: str) -> bool:
+        """Rediscover early because a client asked for ``model``; True if it is now served."""
+        task = self._miss_refresh.get("all")
+        if task is None:
+            task = asyncio.create_task(self.discover_all())
+            self._miss_refresh["all"] = task
+        await asyncio.shield(task)
+        return model in self.index
 
     async def check_health(self, backend: Backend) -> None:
         try:

@@ -362,6 +362,20 @@ async def test_discovery_picks_up_new_models_without_restart(upstreams, start_ro
             assert {m["id"] for m in (await resp.json())["data"]} == {"m1", "m2"}
 
 
+async def test_unknown_model_triggers_one_early_discovery(upstreams, start_router):
+    up = upstreams("a", models=["m1"])
+    router = start_router({"routing": {"discovery_interval_s": 3600}, "backends": [backend("a", up)]})
+    async with aiohttp.ClientSession() as session:
+        up.models.append("m2")
+        checks = up.health_checks
+        status, name, _, _ = await chat(session, router, model="m2")  # no restart, no waiting
+        assert (status, name) == (200, "a")
+        assert up.health_checks == checks + 1
+        results = await asyncio.gather(*(chat(session, router, model=f"bogus-{i}") for i in range(50)))
+        assert {r[0] for r in results} == {404}
+        assert up.health_checks == checks + 1  # a flood of bogus names rediscovers nothing
+
+
 async def test_per_model_strategy_override(upstreams, start_router):
     a, b = upstreams("a", models=["x", "y"]), upstreams("b", models=["x", "y"])
     router = start_router({"routing": {"strategy": "round_robin", "model_strategies": {"y*": "sticky"}},
