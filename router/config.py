@@ -33,29 +33,35 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
 
 
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field whose value the loader checks (with file, key and line)."""
+    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "choices": choices})
+
+
 @dataclasses.dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = 8400
+    port: int = bounded(8400, ge=0, le=65535)
     admin_key: str | None = dataclasses.field(default=None, repr=False)
-    max_body_mb: float = 32.0
-    log_level: str = "info"
+    max_body_mb: float = bounded(32.0, gt=0)
+    log_level: str = bounded("info", choices=("debug", "info", "warning", "error"))
 
 
 @dataclasses.dataclass
 class CircuitBreakerConfig:
-    failure_threshold: int = 5
-    cooldown_s: float = 30.0
-    success_threshold: int = 1
+    failure_threshold: int = bounded(5, ge=1)
+    cooldown_s: float = bounded(30.0, ge=0)
+    success_threshold: int = bounded(1, ge=1)
 
 
 @dataclasses.dataclass
 class RoutingConfig:
     strategy: str = "round_robin"
-    discovery_interval_s: float = 60.0
-    health_check_interval_s: float = 15.0
-    retries: int = 2
-    timeout_s: float = 600.0
+    discovery_interval_s: float = bounded(60.0, gt=0)
+    health_check_interval_s: float = bounded(15.0, gt=0)
+    retries: int = bounded(2, ge=0)
+    timeout_s: float = bounded(600.0, gt=0)
     sticky_key: str = "auto"
     model_strategies: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -66,13 +72,13 @@ class BackendConfig:
     provider: str
     base_url: str | None = None
     api_key: str | None = dataclasses.field(default=None, repr=False)
-    weight: float = 1.0
-    max_concurrent: int | None = None
-    max_queue: int = 64
+    weight: float = bounded(1.0, gt=0)
+    max_concurrent: int | None = bounded(None, ge=1)
+    max_queue: int = bounded(64, ge=0)
     health_check_path: str = "/v1/models"
-    connect_timeout_s: float = 5.0
-    first_byte_timeout_s: float = 300.0
-    read_timeout_s: float = 120.0
+    connect_timeout_s: float = bounded(5.0, gt=0)
+    first_byte_timeout_s: float = bounded(300.0, gt=0)
+    read_timeout_s: float = bounded(120.0, gt=0)
     headers: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     # The provider's own keys (an instance of its options_class), validated like the rest.
@@ -168,6 +174,7 @@ class _Loader:
                 known = ", ".join(sorted(n for n in fields if not (skip and n in skip)))
                 raise self.error(_join(key, name), k_node, f"unknown key (known keys: {known})")
             kwargs[name] = self.build(hints[name], v_node, _join(key, name))
+            self.check_bounds(fields[name], kwargs[name], v_node, _join(key, name))
         for name, f in fields.items():
             if (
                 name not in kwargs
@@ -176,6 +183,19 @@ class _Loader:
             ):
                 raise self.error(_join(key, name), node, "required key is missing")
         return cls(**kwargs)
+
+    def check_bounds(self, f: dataclasses.Field[Any], value: Any, node: yaml.Node, key: str) -> None:
+        meta = f.metadata
+        if not meta or value is None:
+            return
+        if meta.get("ge") is not None and value < meta["ge"]:
+            raise self.error(key, node, f"must be at least {meta['ge']:g}, got {value!r}")
+        if meta.get("gt") is not None and value <= meta["gt"]:
+            raise self.error(key, node, f"must be greater than {meta['gt']:g}, got {value!r}")
+        if meta.get("le") is not None and value > meta["le"]:
+            raise self.error(key, node, f"must be at most {meta['le']:g}, got {value!r}")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise self.error(key, node, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
 
     def scalar(self, tp: Any, node: yaml.Node, key: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):

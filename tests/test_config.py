@@ -65,6 +65,11 @@ def test_the_contract_schema_loads(monkeypatch):
         (GOOD.replace("aliases:", "alises:"), "alises", 13, "unknown key"),
         (GOOD.replace('["llama-*", "qwen2.5-7b"]', "42"), "backends[0].models", 12, "expected a list"),
         (GOOD.replace("  port: 8400", "  port: 8400\n  port: 8401"), "server.port", 4, "duplicate key"),
+        (GOOD.replace("  port: 8400", "  port: 99999"), "server.port", 3, "must be at most 65535"),
+        (GOOD.replace("  discovery_interval_s: 60", "  discovery_interval_s: 0"),
+         "routing.discovery_interval_s", 6, "must be greater than 0"),
+        (GOOD.replace("    models:", "    weight: -1\n    models:"), "backends[0].weight", 12,
+         "must be greater than 0"),
     ],
 )
 def test_errors_name_file_key_and_line(monkeypatch, text, key, line, fragment):

@@ -325,3 +325,16 @@ def test_keys_never_reach_logs_or_status(bg, upstreams, start_router):
     everything = router.log() + raw.decode()
     assert "unhealthy" in router.log()  # the log did record the failures...
     assert "sk-live-SECRET-456" not in everything and "admin-secret-123" not in everything
+
+
+def test_stalled_stream_ends_with_timeout_event(upstreams, start_router):
+    up = upstreams("alpha")
+    up.behaviour.chunk_delay_s = 1.0
+    router = start_router({"backends": [backend("alpha", up, read_timeout_s=0.3)]})
+    status, _, body = http("POST", f"{router.url}/v1/chat/completions",
+                           json.dumps({"model": "test-model", "stream": True, "messages": []}).encode())
+    events = [e for e in body.decode().split("\n\n") if e]
+    assert status == 200 and json.loads(events[0][6:])["choices"][0]["delta"]["content"] == "tok0 "
+    error = json.loads(events[1][6:])["error"]
+    assert error["code"] == "upstream_timeout" and "read_timeout_s" in error["message"]
+    assert events[-1] == "data: [DONE]"
