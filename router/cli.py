@@ -1,8 +1,10 @@
-"""Command line: ``python -m router serve|check|models``.
+"""Command line: ``python -m router serve|check|models|worker``.
 
     serve   start the router; prints the URL it listens on once ready
     check   validate a config; exits 1 with file:line: key: message on error
     models  print the models each backend serves
+    worker  serve one model with a provider's standalone worker
+            (``python -m router worker --provider gguf --model PATH --port P``)
 """
 
 from __future__ import annotations
@@ -110,6 +112,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    registry = providers(make_plugin_manager())
+    cls = registry.get(args.provider)
+    if cls is None:
+        print(f"unknown provider {args.provider!r} (available: {', '.join(sorted(registry))})", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"python -m router worker --provider {args.provider}")
+    try:
+        cls.add_worker_arguments(parser)
+    except NotImplementedError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return cls.run_worker(parser.parse_args(args.rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m router", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,11 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="print the models each backend serves")
     models.add_argument("--config", default="config.yaml")
     models.set_defaults(func=cmd_models)
+    worker = sub.add_parser("worker", help="serve one model with a provider's standalone worker",
+                            add_help=False)
+    worker.add_argument("--provider", required=True, help="then the provider's own flags (try --help)")
+    worker.set_defaults(func=cmd_worker)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A worker's flags belong to its provider: they are parsed by cmd_worker.
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "worker":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "router.strategies",
     "plugins.openai_compatible",
+    "plugins.gguf",
 )
 
 T = TypeVar("T")

@@ -22,6 +22,7 @@ A plugin registers its class through the ``register_providers`` hook::
 from __future__ import annotations
 
 import abc
+import argparse
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -129,6 +130,20 @@ class Provider(abc.ABC):
     def status(self) -> dict[str, Any]:
         """Provider-specific facts for ``/status`` (loaded models, queue depths...)."""
         return {}
+
+    # -- the standalone worker (``python -m router worker --provider NAME``) ---------------
+    # Providers that run a local engine can serve one model as a standalone
+    # OpenAI-compatible server, for machines where the router itself does not run.
+
+    @classmethod
+    def add_worker_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Declare the flags of this provider's standalone worker on ``parser``."""
+        raise NotImplementedError(f"provider {cls.__name__} has no standalone worker")
+
+    @classmethod
+    def run_worker(cls, args: argparse.Namespace) -> int:
+        """Serve until stopped, with the flags parsed; return the exit status."""
+        raise NotImplementedError(f"provider {cls.__name__} has no standalone worker")
 
     async def __aenter__(self) -> Provider:
         await self.start()
