@@ -180,11 +180,12 @@ class Engine:
         kwargs["stop"] = _stop_list(payload.get("stop")) + extra_stop
         grammar, tool = self._grammar(payload, tools, tool_choice)
         stream = bool(payload.get("stream"))
-        counter = _TokenCounter() if stream else None
+        counter = _TokenCounter(llama, len(prompt)) if stream else None
+        evals_before = _prompt_evals(llama)
         result = llama.create_completion(
             prompt=prompt, stream=stream, grammar=grammar,
             stopping_criteria=_stopping(stop, criteria),
-            logits_processor=llama_cpp.LogitsProcessorList([counter]) if counter else None,
+            logits_processor=_processors(counter, kwargs.pop("logit_bias", None)),
             **kwargs,
         )
         model = self.settings.served_id
@@ -196,6 +197,8 @@ class Engine:
             converted = llama_chat_format._convert_completion_to_chat(result, stream=stream)  # noqa: SLF001
         if not stream:
             converted["model"] = model
+            cached = _cached(len(prompt), _prompt_evals(llama) - evals_before)
+            converted["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
             return converted
         return self._stream_with_usage(converted, payload, len(prompt), counter, model)
 
@@ -239,17 +242,17 @@ class Engine:
         kwargs["stop"] = _stop_list(payload.get("stop"))
         grammar, _ = self._grammar(payload, None, None)
         stream = bool(payload.get("stream"))
-        counter = _TokenCounter() if stream else None
+        counter = _TokenCounter(llama, len(prompt)) if stream else None
         result = llama.create_completion(
             prompt=prompt, stream=stream, grammar=grammar, echo=bool(payload.get("echo")),
             suffix=payload.get("suffix"), stopping_criteria=_stopping(stop, None),
-            logits_processor=llama_cpp.LogitsProcessorList([counter]) if counter else None,
+            logits_processor=_processors(counter, kwargs.pop("logit_bias", None)),
             **kwargs,
         )
         model = self.settings.served_id
         if not stream:
             result["model"] = model
-            return result
+            return result  # (no cached_tokens: legacy completions predate the field)
         return self._stream_with_usage(result, payload, len(prompt), counter, model)
 
     def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -325,6 +328,9 @@ class Engine:
                 kwargs["logit_bias"] = {int(k): float(v) for k, v in bias.items()}
             except (AttributeError, TypeError, ValueError) as exc:
                 raise BadRequest("'logit_bias' maps token ids to numbers", param="logit_bias") from exc
+            n_vocab = self._llama().n_vocab()
+            if any(not 0 <= k < n_vocab for k in kwargs["logit_bias"]):
+                raise BadRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
         return kwargs
 
     def _grammar(self, payload: dict[str, Any], tools: Any, tool_choice: Any) -> tuple[Any, Any]:
@@ -384,19 +390,52 @@ class Engine:
                 "id": last.get("id"), "object": last.get("object"), "created": last.get("created"),
                 "model": model, "choices": [],
                 "usage": {"prompt_tokens": prompt_len, "completion_tokens": done,
-                          "total_tokens": prompt_len + done},
+                          "total_tokens": prompt_len + done,
+                          "prompt_tokens_details": {"cached_tokens": counter.cached}},
             }
 
 
 class _TokenCounter:
-    """A logits processor that only counts: it runs once per generated token."""
+    """A logits processor that only counts: it runs once per generated token. On the first
+    call the prompt has just been evaluated, so it also learns how much was reused."""
 
-    def __init__(self) -> None:
+    def __init__(self, llama: llama_cpp.Llama, prompt_len: int) -> None:
         self.count = 0
+        self.llama = llama
+        self.prompt_len = prompt_len
+        self.evals_before = _prompt_evals(llama)
+        self.cached = 0
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.count == 0:
+            self.cached = _cached(self.prompt_len, _prompt_evals(self.llama) - self.evals_before)
         self.count += 1
         return scores
+
+
+def _cached(prompt_len: int, evaluated: int) -> int:
+    """Prompt tokens reused from the KV cache or the prompt cache. llama.cpp counts batches
+    of one token as generation, and llama-cpp-python always re-evaluates the last prompt
+    token, so at least one token counts as evaluated."""
+    return max(0, prompt_len - max(evaluated, 1))
+
+
+class _LogitBias:
+    """OpenAI's ``logit_bias``, applied here: llama-cpp-python 0.3.36 drops its own
+    ``logit_bias`` whenever a logits processor is also given (``list.extend`` returns None)."""
+
+    def __init__(self, bias: dict[int, float]) -> None:
+        self.ids = list(bias)
+        self.values = list(bias.values())
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        scores[self.ids] += self.values
+        return scores
+
+
+def _processors(counter: _TokenCounter | None, bias: dict[int, float] | None) -> Any:
+    chain: list[Any] = [p for p in (counter, _LogitBias(bias) if bias else None) if p is not None]
+    return llama_cpp.LogitsProcessorList(chain) if chain else None
 
 
 def _stopping(stop: threading.Event, extra: Any) -> llama_cpp.StoppingCriteriaList:

@@ -96,7 +96,11 @@ class GGUFOptions:
 
 
 def engine_installed() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+    """Whether workers can import llama-cpp-python (checked without importing it here)."""
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None
+    except (ValueError, AttributeError):  # e.g. blocked with sys.modules["llama_cpp"] = None
+        return False
 
 
 class TrackedResponse(AiohttpUpstreamResponse):
