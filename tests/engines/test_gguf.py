@@ -454,3 +454,24 @@ backends:
             c.chat.completions.create(model="tiny", messages=HELLO)
         assert info.value.status_code == 503
         assert "pip install '.[gguf]'" in info.value.message
+
+
+def test_idle_worker_is_stopped_and_memory_returned(files: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "idle.yaml"
+    config.write_text(f"""
+server: {{admin_key: {ADMIN}}}
+backends:
+  - name: local
+    provider: gguf
+    idle_ttl_s: 0.5
+    n_threads: 1
+    n_threads_batch: 1
+    models: [{files['model']}]
+""")
+    with RouterProcess(config, env=ENV) as proc:
+        c = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="none", max_retries=0)
+        assert c.chat.completions.create(model="tiny", messages=HELLO).choices[0].message.content == REPLY
+        pid = worker_status(proc, "tiny")["pid"]
+        wait_for(lambda: worker_status(proc, "tiny")["state"] == "stopped", timeout=10, interval=0.1)
+        assert not Path(f"/proc/{pid}").exists()  # the process and all its memory are gone
+        assert c.chat.completions.create(model="tiny", messages=HELLO).choices[0].message.content == REPLY
