@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import llama_cpp
 from llama_cpp import llama_chat_format, llama_grammar
@@ -207,11 +207,13 @@ class Engine:
         kwargs = self._sampling(payload, 0)
         kwargs["stop"] = _stop_list(payload.get("stop"))
         grammar, _ = self._grammar(payload, None, None)
+        bias = kwargs.pop("logit_bias", None)
+        chain: list[Any] = [_EndWhenStopped(stop, llama.token_eos()), *([_LogitBias(bias)] if bias else [])]
         try:
             return llama.create_chat_completion(
                 messages=payload["messages"], tools=payload.get("tools"),
                 tool_choice=payload.get("tool_choice"), stream=bool(payload.get("stream")),
-                grammar=grammar, stopping_criteria=_stopping(stop, None), **kwargs,
+                grammar=grammar, logits_processor=llama_cpp.LogitsProcessorList(chain), **kwargs,
             )
         except ValueError as exc:
             if "exceed context window" in str(exc):
@@ -251,9 +253,11 @@ class Engine:
         )
         model = self.settings.served_id
         if not stream:
-            result["model"] = model
-            return result  # (no cached_tokens: legacy completions predate the field)
-        return self._stream_with_usage(result, payload, len(prompt), counter, model)
+            whole = cast(dict[str, Any], result)
+            whole["model"] = model
+            return whole  # (no cached_tokens: legacy completions predate the field)
+        return self._stream_with_usage(cast(Iterator[dict[str, Any]], result), payload, len(prompt),
+                                       counter, model)
 
     def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
         if not self.settings.embedding:
@@ -430,6 +434,21 @@ class _LogitBias:
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         scores[self.ids] += self.values
+        return scores
+
+
+class _EndWhenStopped:
+    """For ``create_chat_completion``, which takes no stopping criteria: once the client
+    has gone, only end-of-sequence is left to sample, so generation ends within a token."""
+
+    def __init__(self, stop: threading.Event, eos: int) -> None:
+        self.stop = stop
+        self.eos = eos
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.stop.is_set():
+            scores[:] = -float("inf")
+            scores[self.eos] = 0.0
         return scores
 
 
