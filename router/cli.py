@@ -52,11 +52,12 @@ async def _serve(config: Config, pm: pluggy.PluginManager) -> None:
     sockets = getattr(site._server, "sockets", None)  # the only way to learn port 0's choice
     if sockets:
         port = sockets[0].getsockname()[1]
-    print(f"Router listening on http://{config.server.host}:{port}", flush=True)
+    # Signal handlers go in before the ready line, so a stop sent right after it is graceful.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    print(f"Router listening on http://{config.server.host}:{port}", flush=True)
     try:
         await stop.wait()
     finally:
