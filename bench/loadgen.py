@@ -230,6 +230,8 @@ class LoadSpec:
     path: str = "/v1/chat/completions"
     auth: str | None = None
     timeout_s: float = 60.0
+    min_completions: int = 20        # keep the window open until this many fell inside it
+    max_extra_s: float = 15.0        # ... but no longer than this past duration_s
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
@@ -284,17 +286,32 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     payload = request_bytes(host, port, path, chat_body(spec.model, spec.stream), spec.auth)
     loop = asyncio.get_running_loop()
     results: list[Result] = []
+    completed = [0]
     error_samples: list[str] = []
     errors = 0
     started = time.monotonic_ns()
-    warm_end = started + int(spec.warmup_s * 1e9)
-    end = warm_end + int(spec.duration_s * 1e9)
+    # The window opens after ``warmup_s`` *and* once ``concurrency`` requests have completed
+    # (a slow server's first answers are not its steady state), lasts ``duration_s``, and
+    # stays open (up to ``max_extra_s`` more) until ``min_completions`` fell inside it.
+    warm_min = started + int(spec.warmup_s * 1e9)
+    clock = {"warm_end": 0, "end": 0, "stop": 0}
+    hard_stop = warm_min + int((spec.duration_s + spec.max_extra_s) * 1e9)
+    in_window = [0]
     remaining = [spec.requests] if spec.requests is not None else None
     expect = b"data: [DONE]" if spec.stream else b'"choices"'
 
     async def connect() -> ClientProtocol:
         _, proto = await loop.create_connection(lambda: ClientProtocol(spec.stream), host, port)
         return proto
+
+    def should_stop() -> bool:
+        if clock["stop"]:
+            return True
+        now = time.monotonic_ns()
+        if (clock["end"] and now >= clock["end"] and in_window[0] >= spec.min_completions) or now >= hard_stop:
+            clock["stop"] = now
+            return True
+        return False
 
     async def worker() -> None:
         nonlocal errors
@@ -304,7 +321,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 if remaining[0] <= 0:
                     break
                 remaining[0] -= 1
-            elif time.monotonic_ns() >= end:
+            elif should_stop():
                 break
             try:
                 if proto is None or proto.closed:
@@ -327,9 +344,19 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 if len(error_samples) < 5:
                     error_samples.append(f"HTTP {result.status}: {bytes(result.body[:200])!r}")
                 continue
-            if remaining is not None or warm_end <= result.end <= end:
-                result.body = bytearray()  # keep memory flat; only timings are needed
+            completed[0] += 1
+            result.body = bytearray()  # keep memory flat; only timings are needed
+            if remaining is not None:
                 results.append(result)
+                continue
+            if not clock["warm_end"]:
+                if result.end >= warm_min and completed[0] >= spec.concurrency:
+                    clock["warm_end"] = result.end
+                    clock["end"] = result.end + int(spec.duration_s * 1e9)
+                continue
+            if not clock["stop"] or result.end <= clock["stop"]:
+                results.append(result)
+                in_window[0] += 1
         if proto is not None and proto.transport is not None:
             proto.transport.close()
 
@@ -337,8 +364,10 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     if remaining is not None:
         window = (time.monotonic_ns() - started) / 1e9
     else:
-        window = (end - warm_end) / 1e9
-    return summarize(results, errors, window, spec, error_samples)
+        window = (clock["stop"] - clock["warm_end"]) / 1e9 if clock["warm_end"] else 0.0
+    summary = summarize(results, errors, window, spec, error_samples)
+    summary["completed_total"] = completed[0]  # including warm-up (for CPU per request)
+    return summary
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
