@@ -191,7 +191,7 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_matrix(targets: list[Target], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    for stream in (False, True):
+    for stream in [m == "stream" for m in args.modes]:
         for concurrency in args.concurrency:
             name = scenario_name(stream, concurrency)
             rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
@@ -445,6 +445,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="measured seconds per target and round (default 1.5)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds first (default 0.3)")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
+    parser.add_argument("--modes", default="json,stream", help="json, stream or both (default)")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream (default 20)")
     parser.add_argument("--chunk-delay-ms", type=float, default=1.0, help="between chunks (default 1)")
     parser.add_argument("--targets", default=",".join(TARGET_ORDER),
@@ -466,6 +467,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rss_requests = 0 if args.quick else 100_000
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.targets = [t for t in args.targets.split(",") if t]
+    args.modes = [m for m in args.modes.split(",") if m in ("json", "stream")]
     return args
 
 
