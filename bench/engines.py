@@ -34,15 +34,39 @@ def availability() -> tuple[bool, str]:
     except Exception as exc:  # noqa: BLE001 - report, don't fail the benchmark
         return False, f"the router's plugins could not be loaded: {exc}"
     if "gguf" not in names:
-        return False, "the router has no 'gguf' provider on this branch yet"
-    if importlib.util.find_spec("bench.engines_gguf") is None:
-        return False, "the gguf provider is present but bench/engines_gguf.py (its measurement) is not"
+        return False, "the router has no 'gguf' provider"
+    if importlib.util.find_spec("openai") is None:
+        return False, "the openai client is not installed (pip install 'router[test]')"
+    if importlib.util.find_spec("bench.gguf_tokens") is None:
+        return False, "bench/gguf_tokens.py (the gguf measurement) is missing"
     return True, "ok"
 
 
 def run(args: Any) -> dict[str, Any]:
+    """The tiny demo GGUF through the router vs llama-cpp-python directly (``bench.gguf_tokens``);
+    ``--engines-big`` adds the ~100M-parameter model whose per-token cost is realistic."""
     ok, why = availability()
     if not ok:
         return {"skipped": why}
-    module = importlib.import_module("bench.engines_gguf")
-    return module.run(args)  # type: ignore[no-any-return]
+    import tempfile
+    from pathlib import Path
+
+    from bench import gguf_tokens
+    from plugins.gguf.demo import write_demo_model
+
+    tokens = getattr(args, "engine_tokens", 1000)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = write_demo_model(Path(tmp) / "tiny.gguf")
+        out["tiny (2x64, f32)"] = gguf_tokens.measure(tiny, tokens, 3)
+        if getattr(args, "engines_big", False):
+            big = write_demo_model(Path(tmp) / "big.gguf", layers=12, hidden=768, heads=12, ff=2048, f16=True)
+            out["~100M (12x768, f16)"] = gguf_tokens.measure(big, 128, 2)
+    key = "~100M (12x768, f16)" if "~100M (12x768, f16)" in out else "tiny (2x64, f32)"
+    out["router_over_direct_tokens_per_s"] = out[key]["ratio"]
+    out["summary"] = "; ".join(
+        f"{name}: direct {r['direct_tok_s']:,} tok/s, router {r['router_tok_s']:,} tok/s "
+        f"(ratio {r['ratio']:.3f}, +{r['added_us_per_token']} µs/token)"
+        for name, r in out.items() if isinstance(r, dict)
+    )
+    return out

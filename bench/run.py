@@ -457,6 +457,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "--quick skips unless given)")
     parser.add_argument("--no-pin", action="store_true", help="don't pin processes to CPUs")
     parser.add_argument("--no-engines", action="store_true", help="skip the local-engine section")
+    parser.add_argument("--engine-tokens", type=int, default=1000, help="tokens per local-engine run")
+    parser.add_argument("--engines-big", action="store_true",
+                        help="also the ~100M-parameter GGUF in --quick runs (always in full runs)")
     parser.add_argument("--update-docs", action="store_true", help="write the tables into docs/performance.md")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
@@ -467,6 +470,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rss_requests = 0 if args.quick else 100_000
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.targets = [t for t in args.targets.split(",") if t]
+    args.engines_big = args.engines_big or not args.quick
     args.modes = [m for m in args.modes.split(",") if m in ("json", "stream")]
     return args
 
