@@ -8,6 +8,7 @@ nothing has reached the client yet. Retries use tenacity.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -159,38 +160,53 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
     tried: set[str] = set()
     last_error: RouterError | None = None
 
+    async def attempt_once() -> Exchange:
+        nonlocal last_error
+        if tried:
+            state.retries += 1
+        now = time.monotonic()
+        candidates = [
+            b for b in state.index.get(request.target_model, serving)
+            if b.name not in tried and b.available(now)
+        ]
+        if candidates and state.has_filter_hooks:
+            for narrowed in state.pm.hook.filter_backends(request=request, backends=candidates):
+                if narrowed is not None:
+                    candidates = [b for b in candidates if b in narrowed]
+        if not candidates:
+            if last_error is not None:
+                raise _final(last_error)
+            raise _no_backend(request, serving, now)
+        backend = strategy.choose(candidates, request)
+        tried.add(backend.name)
+        served_model = backend.config.aliases.get(request.target_model, request.target_model)
+        try:
+            response = await backend.send(request.upstream(served_model))
+        except RouterError as exc:
+            exc.backend = backend.name
+            last_error = exc
+            raise
+        return Exchange(backend, response, len(tried))
+
+    # The first attempt runs without tenacity: building a retry controller costs more
+    # than the rest of the routing, and most requests succeed at once. Only a retryable
+    # failure enters tenacity for the remaining attempts, exactly as before (tenacity's
+    # wait_none still yields to the loop once between attempts).
+    retries = state.config.routing.retries
+    try:
+        return await attempt_once()
+    except RouterError as exc:
+        if not exc.retryable or retries < 1:
+            raise
+    await asyncio.sleep(0)
     async for attempt in AsyncRetrying(
-        stop=stop_after_attempt(state.config.routing.retries + 1),
+        stop=stop_after_attempt(retries),
         retry=retry_if_exception(_retryable),
         wait=wait_none(),
         reraise=True,
     ):
         with attempt:
-            if tried:
-                state.retries += 1
-            now = time.monotonic()
-            candidates = [
-                b for b in state.index.get(request.target_model, serving)
-                if b.name not in tried and b.available(now)
-            ]
-            if candidates and state.has_filter_hooks:
-                for narrowed in state.pm.hook.filter_backends(request=request, backends=candidates):
-                    if narrowed is not None:
-                        candidates = [b for b in candidates if b in narrowed]
-            if not candidates:
-                if last_error is not None:
-                    raise _final(last_error)
-                raise _no_backend(request, serving, now)
-            backend = strategy.choose(candidates, request)
-            tried.add(backend.name)
-            served_model = backend.config.aliases.get(request.target_model, request.target_model)
-            try:
-                response = await backend.send(request.upstream(served_model))
-            except RouterError as exc:
-                exc.backend = backend.name
-                last_error = exc
-                raise
-            return Exchange(backend, response, len(tried))
+            return await attempt_once()
     raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises
 
 

@@ -1,0 +1,1 @@
+"""The router's benchmark suite: ``python -m bench.run`` (see docs/performance.md)."""
