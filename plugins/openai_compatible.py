@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from router import hookimpl, jsonlib
+from router import __version__, hookimpl, jsonlib
 from router.config import BackendConfig
 from router.errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 from router.provider import ModelCard, Provider, UpstreamRequest, UpstreamResponse
@@ -81,7 +81,8 @@ class OpenAICompatibleProvider(Provider):
         options: OpenAICompatibleOptions = config.options or OpenAICompatibleOptions()
         self.patterns = [p for p in options.models if _GLOB_CHARS & set(p)]
         self.literals = [p for p in options.models if not _GLOB_CHARS & set(p)]
-        self.headers: dict[str, str] = dict(config.headers)
+        # A fixed User-Agent set once here: aiohttp's default is rebuilt per request.
+        self.headers: dict[str, str] = {"User-Agent": f"router/{__version__}", **config.headers}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
         self.session: aiohttp.ClientSession | None = None
@@ -94,7 +95,6 @@ class OpenAICompatibleProvider(Provider):
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s),
             headers=self.headers,
             auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
         )
 
     async def aclose(self) -> None:

@@ -8,6 +8,7 @@ Every error leaves through ``error_middleware`` in OpenAI's envelope.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -36,12 +37,14 @@ JSON = "application/json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# Request ids: a random per-process prefix and a counter. Unique across replicas and
+# restarts without a system call per request (os.urandom was 2% of the router's CPU).
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    """A random id, the same as ``uuid.uuid4().hex`` at a third of its cost."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return raw.hex()
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def request_id_of(request: web.Request) -> str:
