@@ -45,6 +45,8 @@ class AiohttpUpstreamResponse(UpstreamResponse):
 
     async def read(self) -> bytes:
         try:
+            if self._response.content.is_eof():  # all of it is here already: no timer needed
+                return await self._response.read()
             async with asyncio.timeout(self._read_timeout):
                 return await self._response.read()
         except TimeoutError as exc:
@@ -112,15 +114,15 @@ class OpenAICompatibleProvider(Provider):
         headers = {"Content-Type": "application/json", **request.headers}
         if request.stream:
             headers["Accept"] = "text/event-stream"
+        # The router bounds the wait for the response headers (first_byte_timeout_s).
         try:
-            async with asyncio.timeout(self.config.first_byte_timeout_s):
-                response = await session.post(
-                    f"{self.root}/v1/{request.endpoint}", data=request.body, headers=headers
-                )
-        except TimeoutError as exc:
+            response = await session.post(
+                f"{self.root}/v1/{request.endpoint}", data=request.body, headers=headers
+            )
+        except aiohttp.ServerTimeoutError as exc:
             raise UpstreamTimeout(
-                f"backend {self.name!r} sent no response within "
-                f"first_byte_timeout_s = {self.config.first_byte_timeout_s:g}s"
+                f"backend {self.name!r}: no connection within connect_timeout_s = "
+                f"{self.config.connect_timeout_s:g}s"
             ) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"backend {self.name!r} is unreachable: {exc}") from exc

@@ -13,7 +13,13 @@ from typing import Any
 
 from router.circuit import CircuitBreaker, CircuitState
 from router.config import BackendConfig, CircuitBreakerConfig
-from router.errors import Overloaded, UpstreamError, UpstreamHTTPError, parse_retry_after
+from router.errors import (
+    Overloaded,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+    parse_retry_after,
+)
 from router.provider import ModelCard, Provider, UpstreamRequest, UpstreamResponse
 
 EWMA_ALPHA = 0.3
@@ -91,7 +97,8 @@ class Backend:
         return "available"
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        """Send through the provider, keeping counters and circuit state.
+        """Send through the provider, keeping counters and circuit state, and bounding
+        the wait for the response headers by ``first_byte_timeout_s``.
 
         On success the caller owns the slot and must call ``finish`` once the body is done.
         """
@@ -102,7 +109,14 @@ class Backend:
         self.circuit.acquire()
         started = time.monotonic()
         try:
-            response = await self.provider.send(request)
+            try:
+                async with asyncio.timeout(self.config.first_byte_timeout_s):
+                    response = await self.provider.send(request)
+            except TimeoutError as exc:
+                raise UpstreamTimeout(
+                    f"backend {self.name!r} sent no response within "
+                    f"first_byte_timeout_s = {self.config.first_byte_timeout_s:g}s"
+                ) from exc
         except UpstreamError as exc:
             self._release(ok=False)
             self.last_error = exc.message

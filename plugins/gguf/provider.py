@@ -44,7 +44,6 @@ from router.errors import (
     Overloaded,
     UpstreamError,
     UpstreamHTTPError,
-    UpstreamTimeout,
     UpstreamUnreachable,
     parse_retry_after,
 )
@@ -340,13 +339,8 @@ class GGUFProvider(Provider):
     async def _post(self, worker: WorkerProcess, url: str, request: UpstreamRequest) -> TrackedResponse:
         assert self.session is not None
         headers = {"Content-Type": "application/json", **request.headers}
-        try:
-            async with asyncio.timeout(self.config.first_byte_timeout_s):
-                raw = await self.session.post(f"{url}/v1/{request.endpoint}", data=request.body, headers=headers)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"the gguf worker for {worker.model_id!r} sent no response within "
-                f"first_byte_timeout_s = {self.config.first_byte_timeout_s:g}s") from exc
+        try:  # the router bounds the wait for the response headers (first_byte_timeout_s)
+            raw = await self.session.post(f"{url}/v1/{request.endpoint}", data=request.body, headers=headers)
         except aiohttp.ClientError as exc:
             crashed = await worker.crash_error()
             raise (crashed or UpstreamUnreachable(f"the gguf worker for {worker.model_id!r} is unreachable: {exc}")) from exc
