@@ -4,7 +4,7 @@ Same run, same model file, same settings (1 thread, greedy, end-of-turn banned s
 run generates exactly ``--tokens`` tokens), both streaming token by token:
 
 * direct: ``Llama.create_chat_completion(stream=True)`` in this process;
-* router: the openai SDK streaming from ``python -m router serve`` -> gguf worker.
+* router: a lean HTTP client streaming from ``python -m router serve`` -> gguf worker.
 
     python bench/gguf_tokens.py                 # the tiny demo model (2 x 64)
     python bench/gguf_tokens.py --big           # also a ~100M-parameter f16 model
@@ -16,6 +16,7 @@ the ~100M model's per-token cost is realistic, so its tokens/s ratio is what use
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import statistics
 import sys
@@ -45,22 +46,32 @@ def direct_run(llama, tokens: int) -> float:
     return elapsed
 
 
-def router_run(client, model: str, tokens: int) -> float:
+def router_run(url: str, model: str, tokens: int) -> float:
+    """Stream through the router with a lean HTTP client, parsing each event as JSON (as
+    ``direct_run`` gets each chunk as a dict): the SDK's per-chunk model building would
+    otherwise be counted as the router's cost."""
+    body = json.dumps({"model": model, "messages": MESSAGES, "stream": True, "max_tokens": tokens,
+                       "temperature": 0.0, "logit_bias": {str(EOT): -100}}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=600)
     started = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200, response.read()
     n = 0
-    stream = client.chat.completions.create(model=model, messages=MESSAGES, stream=True, max_tokens=tokens,
-                                            temperature=0.0, logit_bias={str(EOT): -100})
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            n += 1
+    for line in response:
+        if line.startswith(b"data: {"):
+            choices = json.loads(line[6:])["choices"]
+            if choices and choices[0]["delta"].get("content"):
+                n += 1
     elapsed = time.perf_counter() - started
+    conn.close()
     assert n == tokens, n
     return elapsed
 
 
 def measure(path: Path, tokens: int, repeats: int) -> dict[str, float]:
     import llama_cpp
-    import openai
 
     config = path.parent / f"{path.stem}.yaml"
     config.write_text(f"""
@@ -75,13 +86,12 @@ backends:
 """)
     llama = llama_cpp.Llama(str(path), n_ctx=4096, n_threads=1, n_threads_batch=1, verbose=False)
     with RouterProcess(config, env={"PYTHONPATH": str(ROOT)}) as router:
-        client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="none", max_retries=0)
         direct_run(llama, min(tokens, 32))
-        router_run(client, "bench", min(tokens, 32))  # loads the worker
+        router_run(router.url, "bench", min(tokens, 32))  # loads the worker
         direct, routed = [], []
         for _ in range(repeats):  # interleaved, so load on the machine hits both alike
             direct.append(direct_run(llama, tokens))
-            routed.append(router_run(client, "bench", tokens))
+            routed.append(router_run(router.url, "bench", tokens))
     d, r = statistics.median(direct), statistics.median(routed)
     return {"tokens": tokens, "direct_tok_s": round(tokens / d, 1), "router_tok_s": round(tokens / r, 1),
             "ratio": round(d / r, 3), "added_us_per_token": round((r - d) / tokens * 1e6, 1)}
