@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -31,6 +31,45 @@ _GLOB_CHARS = frozenset("*?[")
 @dataclasses.dataclass
 class OpenAICompatibleOptions:
     models: list[str] = dataclasses.field(default_factory=list)
+
+
+class IdleWatchdog:
+    """Calls ``on_expire`` once the stream has waited ``timeout`` seconds for data.
+
+    One timer per ``timeout`` period instead of one per chunk (a stream of tokens has
+    thousands of chunks): reading only flips ``waiting`` and, after a chunk, stamps the
+    time. Time the consumer spends with a chunk (writing to a slow client) never counts.
+    """
+
+    __slots__ = ("_loop", "_timeout", "_on_expire", "_last", "_handle", "waiting", "expired")
+
+    def __init__(self, timeout: float, on_expire: Callable[[], object]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._on_expire = on_expire
+        self._last = self._loop.time()
+        self.waiting = False
+        self.expired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._last + timeout, self._check)
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if not self.waiting:
+            self._last = now  # the consumer had the chunk: the wait starts over
+        elif now - self._last >= self._timeout:
+            self.expired = True
+            self._handle = None
+            self._on_expire()
+            return
+        self._handle = self._loop.call_at(self._last + self._timeout, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class AiohttpUpstreamResponse(UpstreamResponse):
@@ -55,19 +94,25 @@ class AiohttpUpstreamResponse(UpstreamResponse):
             raise UpstreamError(f"the backend connection failed mid-response: {exc}") from exc
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
+        response = self._response
+        content = response.content
         timeout = self._read_timeout
+        watchdog = IdleWatchdog(timeout, response.close)
         try:
             while True:
-                async with asyncio.timeout(timeout):
-                    chunk = await content.readany()
+                watchdog.waiting = True
+                chunk = await content.readany()
+                watchdog.waiting = False
                 if not chunk:
                     return
                 yield chunk
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"the stream sent nothing for read_timeout_s = {timeout:g}s") from exc
+                watchdog.touch()
         except aiohttp.ClientError as exc:
+            if watchdog.expired:
+                raise UpstreamTimeout(f"the stream sent nothing for read_timeout_s = {timeout:g}s") from exc
             raise UpstreamError(f"the backend connection failed mid-stream: {exc}") from exc
+        finally:
+            watchdog.stop()
 
     def close(self) -> None:
         self._response.close()

@@ -338,3 +338,14 @@ def test_stalled_stream_ends_with_timeout_event(upstreams, start_router):
     error = json.loads(events[1][6:])["error"]
     assert error["code"] == "upstream_timeout" and "read_timeout_s" in error["message"]
     assert events[-1] == "data: [DONE]"
+
+
+def test_read_timeout_is_between_chunks_not_total(upstreams, start_router):
+    up = upstreams("alpha")
+    up.behaviour.chunks = 8
+    up.behaviour.chunk_delay_s = 0.1  # 0.8 s in all, never 0.3 s without data
+    router = start_router({"backends": [backend("alpha", up, read_timeout_s=0.3)]})
+    status, _, body = http("POST", f"{router.url}/v1/chat/completions",
+                           json.dumps({"model": "test-model", "stream": True, "messages": []}).encode())
+    assert status == 200 and b'"error"' not in body
+    assert body.count(b'"content":"tok') == 8 and body.endswith(b"data: [DONE]\n\n")
