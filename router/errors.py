@@ -171,6 +171,11 @@ def _openai_envelope(body: bytes) -> dict[str, Any] | None:
     return None
 
 
+def shown(name: str, limit: int = 200) -> str:
+    """A client-supplied name for an error message: quoted, and cut if absurdly long."""
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + f"... ({len(name)} characters)"
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds form; HTTP dates are ignored)."""
     if not value:

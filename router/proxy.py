@@ -23,6 +23,7 @@ from router.errors import (
     NoBackendAvailable,
     Overloaded,
     RouterError,
+    shown,
 )
 from router.provider import UpstreamRequest, UpstreamResponse
 from router.state import RouterState, call_hook
@@ -152,7 +153,7 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         serving = state.index[request.target_model]
     if not serving:
         raise ModelNotFound(
-            f"The model {request.model!r} does not exist or is not served by any backend. "
+            f"The model {shown(request.model)} does not exist or is not served by any backend. "
             f"Available models: {', '.join(m for m, _, _ in state.served_models()) or 'none'}",
             param="model",
         )
@@ -221,9 +222,9 @@ def _no_backend(request: ProxyRequest, serving: list[Backend], now: float) -> Ro
     waits = [b.circuit.retry_in(now) for b in serving if not b.draining]
     retry_after = min(waits) if waits and min(waits) > 0 else 5.0
     if all(b.limit is not None and b.limit.waiting >= b.limit.max_queue for b in serving):
-        return Overloaded(f"every backend for {request.model!r} is full: {reasons}", retry_after=1)
+        return Overloaded(f"every backend for {shown(request.model)} is full: {reasons}", retry_after=1)
     error = NoBackendAvailable(
-        f"no backend can take requests for model {request.model!r} right now ({reasons})",
+        f"no backend can take requests for model {shown(request.model)} right now ({reasons})",
         retry_after=retry_after,
     )
     return error

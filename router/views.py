@@ -24,6 +24,7 @@ from router.errors import (
     PayloadTooLarge,
     RouterError,
     UpstreamTimeout,
+    shown,
 )
 from router.proxy import ProxyRequest, open_upstream
 from router.relay import relay_body, relay_stream
@@ -172,7 +173,7 @@ async def get_model(request: web.Request) -> web.Response:
     for entry in model_list(state):
         if entry["id"] == model_id:
             return json_response(entry)
-    raise ModelNotFound(f"The model {model_id!r} does not exist", param="model")
+    raise ModelNotFound(f"The model {shown(model_id)} does not exist", param="model")
 
 
 async def health(request: web.Request) -> web.Response:

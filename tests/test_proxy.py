@@ -349,3 +349,26 @@ def test_read_timeout_is_between_chunks_not_total(upstreams, start_router):
                            json.dumps({"model": "test-model", "stream": True, "messages": []}).encode())
     assert status == 200 and b'"error"' not in body
     assert body.count(b'"content":"tok') == 8 and body.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("body", [
+    b"\xff\xfe\xfd",                                   # not UTF-8
+    b"[" * 100000 + b"]" * 100000,                     # absurdly deep nesting
+    b'{"model": "test-model", "messages": "not a list"}',
+    b'{"model": ["a"], "messages": []}',
+    b'{"model": "' + b"m" * 100000 + b'"}',             # a huge unknown model name
+    b'{"model": "test-model", "stream": null}',
+    b'null',
+    b'{"model": "test-model"}' + b" trailing",
+], ids=["not-utf8", "deep-nesting", "messages-not-list", "model-list", "huge-model-name", "stream-null",
+        "null", "trailing-garbage"])
+def test_hostile_bodies_get_clear_errors_and_the_router_survives(one, body):
+    up, router = one
+    status, _, raw = http("POST", f"{router.url}/v1/chat/completions", body,
+                          {"Content-Type": "application/json"})
+    assert status in (400, 404, 200), (status, raw[:200])
+    if status != 200:  # a well-formed body the upstream accepts may pass through
+        error = json.loads(raw)["error"]
+        assert error["type"] == "invalid_request_error" and error["message"]
+        assert len(error["message"]) < 5000  # bounded, even for a 100 kB model name
+    assert http("GET", f"{router.url}/health/live")[0] == 200
