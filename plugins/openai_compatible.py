@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from router import __version__, hookimpl, jsonlib
 from router.config import BackendConfig
@@ -128,10 +129,16 @@ class OpenAICompatibleProvider(Provider):
         options: OpenAICompatibleOptions = config.options or OpenAICompatibleOptions()
         self.patterns = [p for p in options.models if _GLOB_CHARS & set(p)]
         self.literals = [p for p in options.models if not _GLOB_CHARS & set(p)]
-        # A fixed User-Agent set once here: aiohttp's default is rebuilt per request.
+        # Everything per-request that can be built once is built here: the headers (no
+        # session defaults, which aiohttp would merge into a new multidict per request; a
+        # fixed User-Agent, since aiohttp's default is rebuilt per request) and the URLs
+        # (parsed once instead of per request).
         self.headers: dict[str, str] = {"User-Agent": f"router/{__version__}", **config.headers}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
+        self.post_headers = {**self.headers, "Content-Type": "application/json"}
+        self.stream_headers = {**self.post_headers, "Accept": "text/event-stream"}
+        self.urls = {e: URL(f"{self.root}/v1/{e}") for e in ("chat/completions", "completions", "embeddings")}
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -140,7 +147,6 @@ class OpenAICompatibleProvider(Provider):
             connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, ttl_dns_cache=300),
             # The first-byte and idle-read limits are applied per phase in send/iter_chunks.
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s),
-            headers=self.headers,
             auto_decompress=True,
         )
 
@@ -156,14 +162,11 @@ class OpenAICompatibleProvider(Provider):
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         session = self._session()
-        headers = {"Content-Type": "application/json", **request.headers}
-        if request.stream:
-            headers["Accept"] = "text/event-stream"
+        headers = {**(self.stream_headers if request.stream else self.post_headers), **request.headers}
+        url = self.urls.get(request.endpoint) or URL(f"{self.root}/v1/{request.endpoint}")
         # The router bounds the wait for the response headers (first_byte_timeout_s).
         try:
-            response = await session.post(
-                f"{self.root}/v1/{request.endpoint}", data=request.body, headers=headers
-            )
+            response = await session.post(url, data=request.body, headers=headers)
         except aiohttp.ServerTimeoutError as exc:
             raise UpstreamTimeout(
                 f"backend {self.name!r}: no connection within connect_timeout_s = "
@@ -176,7 +179,7 @@ class OpenAICompatibleProvider(Provider):
     async def _get(self, path: str) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout(self.config.connect_timeout_s + 5):
-                response = await self._session().get(f"{self.root}{path}")
+                response = await self._session().get(f"{self.root}{path}", headers=self.headers)
                 await response.read()
                 return response
         except TimeoutError as exc:
