@@ -1,27 +1,18 @@
 """Errors a worker answers with, each mapped to an OpenAI error envelope and status.
 
-Engine-free so the worker's HTTP layer and the router side can both use them.
+Engine-free so the worker's HTTP layer and the router side can both use them. They share
+the router's error base (message, param, code, ``envelope()``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from router.errors import RouterError
 
 
-class EngineError(Exception):
+class EngineError(RouterError):
     status = 500
     type = "server_error"
     code = "engine_error"
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-
-    def envelope(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class BadRequest(EngineError):
