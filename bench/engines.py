@@ -62,8 +62,12 @@ def run(args: Any) -> dict[str, Any]:
         if getattr(args, "engines_big", False):
             big = write_demo_model(Path(tmp) / "big.gguf", layers=12, hidden=768, heads=12, ff=2048, f16=True)
             out["~100M (12x768, f16)"] = gguf_tokens.measure(big, 128, 2)
-    key = "~100M (12x768, f16)" if "~100M (12x768, f16)" in out else "tiny (2x64, f32)"
-    out["router_over_direct_tokens_per_s"] = out[key]["ratio"]
+    # The target is read on the ~100M model only: on the tiny one the per-token relay cost
+    # dominates by design (see docs/performance.md), so its ratio says little.
+    if "~100M (12x768, f16)" in out:
+        out["router_over_direct_tokens_per_s"] = out["~100M (12x768, f16)"]["ratio"]
+    else:
+        out["target_note"] = "not measured: the ~100M model runs in full runs or with --engines-big"
     out["summary"] = "; ".join(
         f"{name}: direct {r['direct_tok_s']:,} tok/s, router {r['router_tok_s']:,} tok/s "
         f"(ratio {r['ratio']:.3f}, +{r['added_us_per_token']} µs/token)"

@@ -23,138 +23,29 @@ also writes the tables into docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench import engines
 from bench.loadgen import LoadSpec, measure
+from bench.procs import Target, cpu_seconds, find_litellm, litellm_version, rss_mib, start, stop
+from bench.report import DOC, check_targets, fmt, git_commit, machine, markdown, ratios, update_doc
 from router.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "performance.md"
-DOC_BEGIN = "<!-- bench:results:begin -->"
-DOC_END = "<!-- bench:results:end -->"
 TARGET_ORDER = ("direct", "passthrough", "router", "litellm")
 RSS_BATCH = 10_000
 LITELLM_KEY = "sk-bench-0123456789abcdef"  # LiteLLM's proxy refuses to start without one
-
-
-@dataclasses.dataclass
-class Target:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes] | None = None
-    auth: str | None = None  # a Bearer token the target requires
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-
-# -- processes --------------------------------------------------------------------------
-
-
-def _affinity(cpus: set[int] | None):  # type: ignore[no-untyped-def]
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url}: not ready after {timeout:g}s:\n{log_path.read_text()[-3000:]}")
-
-
-def start(name: str, cmd: list[str], ready_url: str, workdir: Path, cpus: set[int] | None,
-          env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.Popen[bytes]:
-    log_path = workdir / f"{name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, **(env or {})}, preexec_fn=_affinity(cpus))
-    try:
-        _wait_ready(ready_url, proc, log_path, timeout)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process (Linux /proc)."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def find_litellm(explicit: str | None) -> str | None:
-    for candidate in (explicit, os.environ.get("BENCH_LITELLM"),
-                      str(ROOT / ".bench-litellm" / "bin" / "litellm"), shutil.which("litellm")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
-def litellm_version(executable: str) -> str:
-    python = Path(executable).with_name("python")
-    try:
-        out = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                             capture_output=True, text=True, timeout=60)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-# -- measuring --------------------------------------------------------------------------
 
 
 def scenario_name(stream: bool, concurrency: int) -> str:
@@ -205,7 +96,7 @@ def run_matrix(targets: list[Target], args: argparse.Namespace) -> dict[str, dic
                 summary["rounds"] = rounds[target.name]
                 results[name][target.name] = summary
             line = "  ".join(
-                f"{t.name} {results[name][t.name]['rps']:,.0f}/s p50 {_f(results[name][t.name]['p50_ms'])}ms"
+                f"{t.name} {results[name][t.name]['rps']:,.0f}/s p50 {fmt(results[name][t.name]['p50_ms'])}ms"
                 for t in targets
             )
             print(f"  {name:<11} {line}", flush=True)
@@ -250,190 +141,6 @@ def rss_check(router: Target, total: int, chunks: int) -> dict[str, Any]:
 
 
 # -- report -----------------------------------------------------------------------------
-
-
-def _f(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
-
-
-def ratios(results: dict[str, dict[str, Any]], concurrency: list[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, by_target in results.items():
-        direct = by_target.get("direct")
-        router = by_target.get("router")
-        if not direct or not router:
-            continue
-        entry: dict[str, Any] = {
-            "router_over_direct_rps": router["rps"] / direct["rps"] if direct["rps"] else None,
-            "router_added_p50_ms": router["p50_ms"] - direct["p50_ms"],
-            "router_added_p99_ms": router["p99_ms"] - direct["p99_ms"],
-        }
-        floor = by_target.get("passthrough")
-        if floor:
-            entry["router_over_passthrough_rps"] = router["rps"] / floor["rps"] if floor["rps"] else None
-            entry["passthrough_added_p50_ms"] = floor["p50_ms"] - direct["p50_ms"]
-            entry["passthrough_added_p99_ms"] = floor["p99_ms"] - direct["p99_ms"]
-        peer = by_target.get("litellm")
-        if peer:
-            entry["router_over_litellm_rps"] = router["rps"] / peer["rps"] if peer["rps"] else None
-            entry["litellm_added_p50_ms"] = peer["p50_ms"] - direct["p50_ms"]
-        if "ttfc_p50_ms" in router:
-            entry["router_added_ttfc_p50_ms"] = router["ttfc_p50_ms"] - direct["ttfc_p50_ms"]
-            entry["router_added_ttfc_p99_ms"] = router["ttfc_p99_ms"] - direct["ttfc_p99_ms"]
-            entry["router_added_chunk_lag_p99_ms"] = router["chunk_lag_p99_ms"] - direct["chunk_lag_p99_ms"]
-            entry["router_chunks_per_stream"] = router["chunks_per_stream"]
-        out[name] = entry
-    return out
-
-
-def check_targets(results: dict[str, dict[str, Any]], rat: dict[str, Any], rss: dict[str, Any] | None,
-                  eng: dict[str, Any] | None, chunks: int) -> list[dict[str, Any]]:
-    checks: list[dict[str, Any]] = []
-
-    def add(name: str, value: float | None, limit: float, better: str, unit: str) -> None:
-        if value is None:
-            checks.append({"target": name, "value": None, "limit": limit, "met": None, "note": "not measured"})
-            return
-        met = value < limit if better == "below" else value >= limit
-        checks.append({"target": name, "value": value, "limit": limit, "unit": unit, "met": met,
-                       "margin": (limit - value) if better == "below" else (value - limit)})
-
-    c1 = rat.get("json-c1", {})
-    add("added p50 latency, c=1 (ms)", c1.get("router_added_p50_ms"), 1.0, "below", "ms")
-    add("added p99 latency, c=1 (ms)", c1.get("router_added_p99_ms"), 3.0, "below", "ms")
-    c64 = rat.get("json-c64", {})
-    add("throughput c=64 vs LiteLLM (x)", c64.get("router_over_litellm_rps"), 5.0, "above", "x")
-    add("throughput c=64 vs pass-through floor", c64.get("router_over_passthrough_rps"), 0.8, "above", "")
-    s1 = rat.get("stream-c1", {})
-    add("added time to first chunk, c=1 (ms)", s1.get("router_added_ttfc_p50_ms"), 2.0, "below", "ms")
-    add("added per-chunk lag p99, c=1 (ms) [no chunk held back]",
-        s1.get("router_added_chunk_lag_p99_ms"), 2.0, "below", "ms")
-    lost = s1.get("router_chunks_per_stream")
-    if lost is not None:
-        checks.append({"target": "every chunk arrives (chunks per stream)", "value": lost, "limit": chunks,
-                       "met": lost >= chunks})
-    if rss and rss.get("growth_after_warmup_mib") is not None:
-        add("RSS growth after warm-up over 100k requests (MiB)", rss["growth_after_warmup_mib"], 1.0, "below", "MiB")
-    else:
-        checks.append({"target": "RSS growth after warm-up", "value": None, "met": None,
-                       "note": "not measured (--rss-requests 0)"})
-    ratio = (eng or {}).get("router_over_direct_tokens_per_s")
-    if ratio is not None:
-        add("local engine tokens/s vs direct", ratio, 0.95, "above", "")
-    else:
-        checks.append({"target": "local engine tokens/s vs direct", "value": None, "met": None,
-                       "note": (eng or {}).get("skipped", "not measured")})
-    return checks
-
-
-def markdown(report: dict[str, Any]) -> str:
-    meta = report["meta"]
-    lines = [
-        f"Run {meta['date']} on {meta['machine']}; Python {meta['python']}, aiohttp {meta['aiohttp']}, "
-        f"router at `{meta['commit']}`{', LiteLLM ' + meta['litellm'] if meta.get('litellm') else ''}.",
-        f"Settings: {meta['rounds']} rounds x {meta['duration_s']:g} s (+{meta['warmup_s']:g} s warm-up) per "
-        f"target and scenario, medians across rounds; streams of {meta['chunks']} chunks "
-        f"{meta['chunk_delay_ms']:g} ms apart; {'proxies pinned to CPU ' + meta['proxy_cpus'] if meta['pinned'] else 'no CPU pinning'}.",
-        "",
-    ]
-    if meta.get("litellm_note"):
-        lines += [f"LiteLLM: {meta['litellm_note']}", ""]
-    results = report["results"]
-    lines += ["**Non-streaming** (chat completion, ~200-byte answer)", "",
-              "| scenario | target | req/s | p50 ms | p90 ms | p99 ms | errors | proxy CPU µs/req |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name, by_target in results.items():
-        if not name.startswith("json"):
-            continue
-        for target, r in by_target.items():
-            lines.append(f"| {name} | {target} | {_f(r['rps'], 0)} | {_f(r['p50_ms'])} | {_f(r['p90_ms'])} | "
-                         f"{_f(r['p99_ms'])} | {r['errors']} | {_f(r.get('cpu_us_per_req'), 0)} |")
-    lines += ["", "**Streaming** (SSE)", "",
-              "| scenario | target | streams/s | TTFC p50 ms | TTFC p99 ms | full stream p50 ms | "
-              "chunk lag p50 ms | chunk lag p99 ms | chunks/stream | errors | proxy CPU µs/stream |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, by_target in results.items():
-        if not name.startswith("stream"):
-            continue
-        for target, r in by_target.items():
-            lines.append(
-                f"| {name} | {target} | {_f(r['rps'], 0)} | {_f(r.get('ttfc_p50_ms'))} | {_f(r.get('ttfc_p99_ms'))} | "
-                f"{_f(r.get('stream_p50_ms'))} | {_f(r.get('chunk_lag_p50_ms'))} | {_f(r.get('chunk_lag_p99_ms'))} | "
-                f"{_f(r.get('chunks_per_stream'), 1)} | {r['errors']} | {_f(r.get('cpu_us_per_req'), 0)} |")
-    lines += ["", "**Ratios** (router vs the others, same run)", "",
-              "| scenario | router/direct req/s | router/pass-through req/s | router/LiteLLM req/s | "
-              "router added p50 ms | router added p99 ms | pass-through added p50 ms | added TTFC p50 ms |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in report["ratios"].items():
-        lines.append(
-            f"| {name} | {_f(r.get('router_over_direct_rps'))} | {_f(r.get('router_over_passthrough_rps'))} | "
-            f"{_f(r.get('router_over_litellm_rps'), 1)} | {_f(r.get('router_added_p50_ms'))} | "
-            f"{_f(r.get('router_added_p99_ms'))} | {_f(r.get('passthrough_added_p50_ms'))} | "
-            f"{_f(r.get('router_added_ttfc_p50_ms'))} |")
-    rss = report.get("rss")
-    if rss:
-        lines += ["", f"**Memory**: router RSS {_f(rss['rss_start_mib'], 1)} MiB before, "
-                      f"{_f(rss['rss_after_warmup_mib'], 1)} MiB after the first 10k (warm-up), "
-                      f"{_f(rss['rss_final_mib'], 1)} MiB after {rss['requests']:,} requests "
-                      f"(max {_f(rss['rss_max_after_warmup_mib'], 1)}; growth after warm-up "
-                      f"{_f(rss['growth_after_warmup_mib'], 2)} MiB; {rss['errors']} errors; {rss['seconds']} s). "
-                      "Samples every 10k: " + ", ".join(_f(s["rss_mib"], 1) for s in rss["samples"]) + " MiB."]
-    idle = report.get("rss_by_target")
-    if idle:
-        lines += ["", "RSS after the runs above: " + ", ".join(f"{k} {_f(v, 0)} MiB" for k, v in idle.items()) + "."]
-    eng = report.get("engines") or {}
-    lines += ["", f"**Local engines**: {eng.get('summary') or ('skipped: ' + eng['skipped'] if 'skipped' in eng else '-')}"]
-    lines += ["", "**Targets**", "", "| target | value | limit | met |", "|---|---:|---:|---|"]
-    for c in report["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[c["met"]]
-        note = f" ({c['note']})" if c.get("note") else ""
-        lines.append(f"| {c['target']} | {_f(c['value'])} | {_f(c.get('limit'))} | {met}{note} |")
-    return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kib / 1024 / 1024:.0f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{platform.system()} {platform.machine()}, {model}, {os.cpu_count()} cores{mem}"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
-def update_doc(md: str) -> None:
-    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{DOC_BEGIN}\n{DOC_END}\n"
-    if DOC_BEGIN not in text or DOC_END not in text:
-        text += f"\n{DOC_BEGIN}\n{DOC_END}\n"
-    head, rest = text.split(DOC_BEGIN, 1)
-    _, tail = rest.split(DOC_END, 1)
-    DOC.write_text(f"{head}{DOC_BEGIN}\n{md}{DOC_END}{tail}")
-
-
-# -- main -------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
