@@ -14,7 +14,6 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from router import jsonlib
 from router.errors import RouterError, UpstreamError, UpstreamTimeout
 from router.proxy import Exchange
 

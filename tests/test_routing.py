@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import time
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.conftest import backend
 

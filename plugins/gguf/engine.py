@@ -12,10 +12,7 @@ streams, and pre-fill the prompt cache for a given history (``warm``).
 
 from __future__ import annotations
 
-import collections
-import ctypes
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +22,7 @@ from typing import Any, cast
 import llama_cpp
 from llama_cpp import llama_chat_format, llama_grammar
 
+from plugins.gguf import llama_log
 from plugins.gguf.errors import (
     BadRequest,
     ContextLengthExceeded,
@@ -32,43 +30,6 @@ from plugins.gguf.errors import (
     ModelLoadError,
 )
 from plugins.gguf.settings import WorkerSettings
-
-# -- llama.cpp's log: kept in a ring buffer so a failed load can say why ------------------
-
-_LOG: collections.deque[str] = collections.deque(maxlen=400)
-_LOG_LOCK = threading.Lock()
-_ECHO_LOG = False
-_partial: list[str] = []
-
-
-@llama_cpp.llama_log_callback  # type: ignore[misc]
-def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    piece = text.decode("utf-8", "replace")
-    if _ECHO_LOG:
-        os.write(2, text)
-    with _LOG_LOCK:
-        _partial.append(piece)
-        if piece.endswith("\n"):
-            _LOG.append("".join(_partial).rstrip())
-            _partial.clear()
-
-
-def install_log_capture(echo: bool) -> None:
-    global _ECHO_LOG
-    _ECHO_LOG = echo
-    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
-
-
-def load_reason(lines: list[str]) -> str:
-    """The lines of llama.cpp's log that explain a failure, most specific first."""
-    keys = ("error", "failed", "unable", "invalid", "unknown", "not supported", "cannot")
-    hits = [ln.strip() for ln in lines if any(k in ln.lower() for k in keys)]
-    seen: list[str] = []
-    for line in hits:
-        if line not in seen:
-            seen.append(line)
-    return "; ".join(seen[-4:])
-
 
 # -- the engine ------------------------------------------------------------------------------
 
@@ -105,8 +66,7 @@ class Engine:
                 "convert it with llama.cpp's convert_hf_to_gguf.py or download a .gguf build",
                 code="not_gguf",
             )
-        with _LOG_LOCK:
-            _LOG.clear()  # what follows is this load's log only
+        llama_log.clear()  # what follows is this load's log only
         started = time.monotonic()
         try:
             self.llama = llama_cpp.Llama(
@@ -122,10 +82,10 @@ class Engine:
                 verbose=s.verbose,
             )
         except (ValueError, RuntimeError, OSError) as exc:
-            reason = load_reason(list(_LOG)) or str(exc)
+            reason = llama_log.load_reason() or str(exc)
             raise ModelLoadError(_explain_load_failure(path, reason), code=_load_code(reason)) from exc
         # Re-install ours: Llama(verbose=...) may have replaced the log callback.
-        install_log_capture(_ECHO_LOG)
+        llama_log.reinstall()
         self.load_s = time.monotonic() - started
         llama = self.llama
         # llama.cpp may pad n_ctx; what the user asked for is the limit we enforce.
@@ -312,11 +272,11 @@ class Engine:
         if int(payload.get("n") or 1) != 1:
             raise BadRequest("this model generates one choice per request (n must be 1)", param="n")
         kwargs: dict[str, Any] = {}
-        for name, cast in _SAMPLING_FIELDS.items():
+        for name, convert in _SAMPLING_FIELDS.items():
             value = payload.get(name)
             if value is not None:
                 try:
-                    kwargs[name] = cast(value)
+                    kwargs[name] = convert(value)
                 except (TypeError, ValueError) as exc:
                     raise BadRequest(f"{name!r} must be a number", param=name) from exc
         limit = self.settings.max_tokens_limit

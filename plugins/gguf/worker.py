@@ -126,7 +126,8 @@ class WorkerApp:
 
     def load(self) -> None:
         """Load the model (blocking). Raises EngineError with llama.cpp's reason."""
-        from plugins.gguf.engine import Engine, install_log_capture  # the only engine import
+        from plugins.gguf.engine import Engine  # the only engine import
+        from plugins.gguf.llama_log import install_log_capture
 
         install_log_capture(echo=self.settings.verbose)
         engine = Engine(self.settings)
