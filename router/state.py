@@ -7,6 +7,7 @@ One ``RouterState`` per app. It builds each backend's provider from the registry
 from __future__ import annotations
 
 import asyncio
+import collections
 import fnmatch
 import inspect
 import logging
@@ -59,6 +60,7 @@ class RouterState:
         self.requests = 0
         self.retries = 0
         self.errors = 0
+        self.responses_by_status: collections.Counter[int] = collections.Counter()
         self._strategy_cache: dict[str, Strategy] = {}
         # A request for an unknown model triggers one early discovery (shared by concurrent
         # misses, at most one per MISS_REFRESH_S), so a model just added upstream is

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from router import jsonlib
+from router import jsonlib, metrics
 from router.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -105,8 +105,9 @@ def proxy_view(endpoint: str) -> Handler:
         state.requests += 1
         try:
             proxy_request = ProxyRequest.parse(endpoint, body, request_id, request.headers)
-        except RouterError:
+        except RouterError as exc:
             state.errors += 1
+            state.responses_by_status[exc.status] += 1
             raise
         status = 500
         exchange = None
@@ -132,6 +133,7 @@ def proxy_view(endpoint: str) -> Handler:
             status = 499  # the client closed the request (nginx's convention)
             raise
         finally:
+            state.responses_by_status[status] += 1
             if status >= 400:
                 state.errors += 1
             if exchange is not None:
@@ -193,6 +195,13 @@ async def health_ready(request: web.Request) -> web.Response:
     return json_response({"ready": ready}, status=200 if ready else 503)
 
 
+async def metrics_view(request: web.Request) -> web.Response:
+    if not metrics.available():
+        raise NotFound("metrics need prometheus-client: pip install '.[metrics]'")
+    return web.Response(body=metrics.render(request.app[STATE]),
+                        headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", proxy_view("chat/completions"))
     app.router.add_post("/v1/completions", proxy_view("completions"))
@@ -202,3 +211,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/health/live", health_live)
     app.router.add_get("/health/ready", health_ready)
+    app.router.add_get("/metrics", metrics_view)

@@ -381,3 +381,28 @@ async def test_per_model_strategy_override(upstreams, start_router):
     assert await spread(router, 10, model="x") == {"a": 5, "b": 5}
     counts = await spread(router, 10, model="y", user="same-user")
     assert len(counts) == 1 and sum(counts.values()) == 10
+
+
+async def test_prometheus_metrics(upstreams, start_router):
+    good, bad = upstreams("good"), upstreams("bad")
+    bad.behaviour.fail_status = 503
+    router = start_router({"circuit_breaker": {"failure_threshold": 100},
+                           "backends": [backend("good", good), backend("bad", bad)]})
+    assert await spread(router, 6) == {"good": 6}
+    async with aiohttp.ClientSession() as session:
+        await chat(session, router, model="nope")
+        async with session.get(f"{router.url}/metrics") as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+            text = await resp.text()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples["router_requests_total"] == 7
+    assert samples['router_responses_total{code="200"}'] == 6
+    assert samples['router_responses_total{code="404"}'] == 1
+    # Each request that landed on "bad" first failed there and was retried on "good".
+    assert samples["router_retries_total"] == len(bad.requests) > 0
+    assert samples['router_backend_failures_total{backend="bad"}'] == len(bad.requests)
+    assert samples['router_backend_requests_total{backend="good"}'] == 6
+    assert samples['router_backend_healthy{backend="good"}'] == 1
+    assert samples['router_backend_in_flight{backend="good"}'] == 0
+    assert 0 < samples['router_backend_latency_ewma_seconds{backend="good"}'] < 1

@@ -1,0 +1,86 @@
+"""Prometheus metrics at ``GET /metrics``, built at scrape time from the router's own counters.
+
+Nothing is recorded per request beyond the counters the router keeps anyway (requests,
+retries, errors, responses by status, per-backend served/failed/in-flight/latency EWMA),
+so metrics cost the hot path nothing. prometheus-client formats them; it comes with the
+``metrics`` extra (``pip install '.[metrics]'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from router.state import RouterState
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def available() -> bool:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class RouterCollector:
+    def __init__(self, state: RouterState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        state = self.state
+        yield CounterMetricFamily("router_requests", "Client requests received.", value=state.requests)
+        yield CounterMetricFamily(
+            "router_retries", "Extra attempts made on another backend (failover).", value=state.retries
+        )
+        responses = CounterMetricFamily(
+            "router_responses", "Client responses by HTTP status.", labels=["code"]
+        )
+        for code, count in sorted(state.responses_by_status.items()):
+            responses.add_metric([str(code)], count)
+        yield responses
+
+        per_backend = {
+            "served": CounterMetricFamily(
+                "router_backend_requests", "Requests a backend answered successfully.", labels=["backend"]
+            ),
+            "failed": CounterMetricFamily(
+                "router_backend_failures", "Requests a backend failed (errors, timeouts, 5xx).", labels=["backend"]
+            ),
+            "in_flight": GaugeMetricFamily("router_backend_in_flight", "Requests in flight.", labels=["backend"]),
+            "queued": GaugeMetricFamily(
+                "router_backend_queued", "Requests waiting for a max_concurrent slot.", labels=["backend"]
+            ),
+            "healthy": GaugeMetricFamily(
+                "router_backend_healthy", "1 if the last health check passed.", labels=["backend"]
+            ),
+            "circuit_open": GaugeMetricFamily(
+                "router_backend_circuit_open", "1 if the circuit is open or half-open.", labels=["backend"]
+            ),
+            "latency": GaugeMetricFamily(
+                "router_backend_latency_ewma_seconds", "EWMA of time to first byte.", labels=["backend"]
+            ),
+        }
+        for backend in state.backends.values():
+            label = [backend.name]
+            per_backend["served"].add_metric(label, backend.served)
+            per_backend["failed"].add_metric(label, backend.failed)
+            per_backend["in_flight"].add_metric(label, backend.in_flight)
+            per_backend["queued"].add_metric(label, backend.limit.waiting if backend.limit else 0)
+            per_backend["healthy"].add_metric(label, 1.0 if backend.healthy else 0.0)
+            per_backend["circuit_open"].add_metric(label, 0.0 if backend.circuit.state.value == "closed" else 1.0)
+            if backend.ewma_ttfb_s is not None:
+                per_backend["latency"].add_metric(label, backend.ewma_ttfb_s)
+        yield from per_backend.values()
+
+
+def render(state: RouterState) -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RouterCollector(state))  # type: ignore[arg-type]
+    return generate_latest(registry)
