@@ -44,7 +44,7 @@ class RouterCollector:
             responses.add_metric([str(code)], count)
         yield responses
 
-        per_backend = {
+        per_backend: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "served": CounterMetricFamily(
                 "router_backend_requests", "Requests a backend answered successfully.", labels=["backend"]
             ),
