@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             rss = rss_check(router, args.rss_requests, args.chunks)
         eng: dict[str, Any] | None = None
         if not args.no_engines:
+            if pinned:
+                # Engines run unpinned, as deployed: pinned to the load generator's core,
+                # the router and the worker would share one core with generation itself.
+                os.sched_setaffinity(0, set(range(ncpu)))
             eng = engines.run(args)
             if "skipped" in eng:
                 print(f"Local engines: skipped: {eng['skipped']}", flush=True)
