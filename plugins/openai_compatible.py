@@ -23,6 +23,7 @@ from yarl import URL
 
 from router import __version__, hookimpl, jsonlib
 from router.config import BackendConfig
+from router.deadlines import deadline
 from router.errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 from router.provider import ModelCard, Provider, UpstreamRequest, UpstreamResponse
 
@@ -87,7 +88,7 @@ class AiohttpUpstreamResponse(UpstreamResponse):
         try:
             if self._response.content.is_eof():  # all of it is here already: no timer needed
                 return await self._response.read()
-            async with asyncio.timeout(self._read_timeout):
+            async with deadline(self._read_timeout):
                 return await self._response.read()
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no data for read_timeout_s = {self._read_timeout:g}s") from exc

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from router.circuit import CircuitBreaker, CircuitState
+from router.deadlines import deadline
 from router.config import BackendConfig, CircuitBreakerConfig
 from router.errors import (
     Overloaded,
@@ -110,7 +111,7 @@ class Backend:
         started = time.monotonic()
         try:
             try:
-                async with asyncio.timeout(self.config.first_byte_timeout_s):
+                async with deadline(self.config.first_byte_timeout_s):
                     response = await self.provider.send(request)
             except TimeoutError as exc:
                 raise UpstreamTimeout(

@@ -26,6 +26,7 @@ from router.errors import (
     UpstreamTimeout,
     shown,
 )
+from router.deadlines import deadline
 from router.proxy import ProxyRequest, open_upstream
 from router.relay import relay_body, relay_stream
 from router.state import RouterState
@@ -113,7 +114,7 @@ def proxy_view(endpoint: str) -> Handler:
         exchange = None
         try:
             try:
-                async with asyncio.timeout(state.config.routing.timeout_s):
+                async with deadline(state.config.routing.timeout_s):
                     exchange = await open_upstream(state, proxy_request)
                     if exchange.response.content_type != "text/event-stream":
                         response = await relay_body(exchange, request_id)
