@@ -124,12 +124,11 @@ class ProxyRequest:
 class Exchange:
     """A backend's response that has started; ``finish`` must be called exactly once."""
 
-    __slots__ = ("backend", "response", "attempts", "_done")
+    __slots__ = ("backend", "response", "_done")
 
-    def __init__(self, backend: Backend, response: UpstreamResponse, attempts: int) -> None:
+    def __init__(self, backend: Backend, response: UpstreamResponse) -> None:
         self.backend = backend
         self.response = response
-        self.attempts = attempts
         self._done = False
 
     def finish(self, ok: bool | None) -> None:
@@ -187,12 +186,12 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
             exc.backend = backend.name
             last_error = exc
             raise
-        return Exchange(backend, response, len(tried))
+        return Exchange(backend, response)
 
     # The first attempt runs without tenacity: building a retry controller costs more
-    # than the rest of the routing, and most requests succeed at once. Only a retryable
-    # failure enters tenacity for the remaining attempts, exactly as before (tenacity's
-    # wait_none still yields to the loop once between attempts).
+    # than the rest of the routing, and most requests succeed at once. A retryable
+    # failure hands the remaining ``retries`` attempts to tenacity, after one yield to
+    # the loop.
     retries = state.config.routing.retries
     try:
         return await attempt_once()
