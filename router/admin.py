@@ -53,6 +53,7 @@ async def add_backend(request: web.Request) -> web.Response:
         cfg = parse_backend(await request.text(), state.providers)
     except ConfigError as exc:
         raise InvalidRequest(str(exc), param=exc.key or None) from exc
+    cfg.base_dir = state.config.base_dir
     if cfg.name in state.backends:
         error: RouterError = InvalidRequest(f"a backend named {cfg.name!r} exists already", param="name")
         error.status = 409

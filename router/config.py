@@ -83,6 +83,14 @@ class BackendConfig:
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     # The provider's own keys (an instance of its options_class), validated like the rest.
     options: Any = None
+    # The config file's directory (not a YAML key): relative paths a provider reads
+    # (model files, say) are relative to it, wherever the router was started from.
+    base_dir: Path | None = dataclasses.field(default=None, repr=False)
+
+    def path(self, value: str) -> Path:
+        """A path from this backend's config, relative ones taken from the config's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir or Path.cwd()) / path
 
 
 @dataclasses.dataclass
@@ -96,7 +104,8 @@ class Config:
     base_dir: Path = dataclasses.field(default_factory=Path.cwd)
 
 
-_BACKEND_COMMON = {f.name for f in dataclasses.fields(BackendConfig)} - {"options"}
+_NOT_YAML = {"options", "base_dir"}
+_BACKEND_COMMON = {f.name for f in dataclasses.fields(BackendConfig)} - _NOT_YAML
 
 
 class _Loader:
@@ -302,7 +311,7 @@ class _Loader:
                 raise self.error(
                     f"{key}.{required}", node, f"required for provider {provider_name!r}"
                 )
-        common = self.dataclass(BackendConfig, node, key, skip=own | {"options"})
+        common = self.dataclass(BackendConfig, node, key, skip=own | _NOT_YAML)
         if options_cls is not None:
             options_fields = {f.name for f in dataclasses.fields(options_cls)}
             common_only = (set(mapping) & _BACKEND_COMMON) - options_fields
@@ -352,6 +361,8 @@ def parse_config(
     cfg = _Loader(file, providers, strategies).config(root)
     cfg.path = file
     cfg.base_dir = base_dir or Path.cwd()
+    for backend in cfg.backends:
+        backend.base_dir = cfg.base_dir
     return cfg
 
 

@@ -266,8 +266,10 @@ class RouterProcess:
     """The router started as a user starts it: ``python -m router serve --config PATH``."""
 
     def __init__(self, config_path: str | Path, *, env: dict[str, str] | None = None,
-                 port: int | None = None, extra_args: list[str] | None = None) -> None:
+                 port: int | None = None, extra_args: list[str] | None = None,
+                 cwd: str | Path | None = None) -> None:
         self.config_path = str(config_path)
+        self.cwd = cwd
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.extra_args = extra_args or []
@@ -282,7 +284,7 @@ class RouterProcess:
         cmd = [sys.executable, "-m", "router", "serve", "--config", self.config_path,
                "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=self.env)
+                                     text=True, env=self.env, cwd=self.cwd)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:

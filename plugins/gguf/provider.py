@@ -152,7 +152,7 @@ class GGUFProvider(Provider):
         def pick(value: Any, default: Any) -> Any:
             return default if value is None else value
 
-        path = Path(entry.path).expanduser()
+        path = self.config.path(entry.path)
         return WorkerSettings(
             model=str(path.resolve()),
             model_id=entry.name or path.stem,
@@ -164,7 +164,7 @@ class GGUFProvider(Provider):
             embedding=entry.embedding,
             chat_format=entry.chat_format,
             prompt_cache=pick(entry.prompt_cache, o.prompt_cache),
-            prompt_cache_dir=entry.prompt_cache_dir,
+            prompt_cache_dir=str(self.config.path(entry.prompt_cache_dir)) if entry.prompt_cache_dir else None,
             prompt_cache_mb=pick(entry.prompt_cache_mb, o.prompt_cache_mb),
             max_tokens_limit=pick(entry.max_tokens_limit, o.max_tokens_limit),
             max_queue=pick(entry.max_queue, self.config.max_queue),
@@ -174,9 +174,9 @@ class GGUFProvider(Provider):
     def _entries(self) -> list[GGUFModel]:
         """Explicit entries first, then every *.gguf under models_dir not already named."""
         entries = [GGUFModel(path=e) if isinstance(e, str) else e for e in self.options.models]
-        paths = {str(Path(e.path).expanduser().resolve()) for e in entries}
+        paths = {str(self.config.path(e.path).resolve()) for e in entries}
         if self.options.models_dir:
-            root = Path(self.options.models_dir).expanduser()
+            root = self.config.path(self.options.models_dir)
             if root.is_dir():
                 for file in sorted(root.rglob("*.gguf")):
                     if str(file.resolve()) not in paths:
@@ -212,7 +212,7 @@ class GGUFProvider(Provider):
             from plugins.gguf.demo import ensure_demo_model
 
             try:
-                written = await asyncio.to_thread(ensure_demo_model, self.options.models_dir)
+                written = await asyncio.to_thread(ensure_demo_model, self.config.path(self.options.models_dir))
             except ImportError as exc:  # the gguf/numpy writer is part of the extra
                 log.warning("backend %s: cannot write the demo model (%s); %s", self.name, exc, INSTALL_HINT)
             else:

@@ -475,3 +475,28 @@ backends:
         wait_for(lambda: worker_status(proc, "tiny")["state"] == "stopped", timeout=10, interval=0.1)
         assert not Path(f"/proc/{pid}").exists()  # the process and all its memory are gone
         assert c.chat.completions.create(model="tiny", messages=HELLO).choices[0].message.content == REPLY
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = site / "config.yaml"
+    config.write_text("""
+backends:
+  - name: local
+    provider: gguf
+    models_dir: ./models
+    demo_model: true
+    n_threads: 1
+    n_threads_batch: 1
+""")
+    # Started from another directory, with a relative path to the config.
+    with RouterProcess(os.path.relpath(config, elsewhere), env=ENV, cwd=elsewhere) as proc:
+        c = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="none", max_retries=0)
+        (model,) = c.models.list().data
+        assert model.id == "tiny-demo" and model.model_extra["path"] == str(site / "models" / "tiny-demo.gguf")
+        reply = c.chat.completions.create(model="tiny-demo", messages=HELLO, max_tokens=16)
+        assert reply.choices[0].message.content
+    assert (site / "models" / "tiny-demo.gguf").is_file() and not (elsewhere / "models").exists()
