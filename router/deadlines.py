@@ -90,9 +90,10 @@ class deadline:  # noqa: N801 - used like asyncio.timeout
         watch = self._watch
         assert watch is not None
         watch.done = True
-        if watch.expired and exc_type is asyncio.CancelledError:
-            # Ours, unless someone else cancelled the task too (then it stays cancelled).
-            if watch.task.uncancel() <= watch.cancelling:
+        if watch.expired:
+            # As asyncio.timeout: take our cancellation back; the CancelledError becomes a
+            # TimeoutError unless someone else cancelled the task too.
+            if watch.task.uncancel() <= watch.cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
 
     @property
