@@ -311,7 +311,7 @@ class _Loader:
                 raise self.error(
                     f"{key}.{required}", node, f"required for provider {provider_name!r}"
                 )
-        common = self.dataclass(BackendConfig, node, key, skip=own | _NOT_YAML)
+        common: BackendConfig = self.dataclass(BackendConfig, node, key, skip=own | _NOT_YAML)
         if options_cls is not None:
             options_fields = {f.name for f in dataclasses.fields(options_cls)}
             common_only = (set(mapping) & _BACKEND_COMMON) - options_fields

@@ -82,5 +82,5 @@ def render(state: RouterState) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(state))  # type: ignore[arg-type]
+    registry.register(RouterCollector(state))
     return generate_latest(registry)

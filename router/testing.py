@@ -80,7 +80,7 @@ class FakeUpstream:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port or free_port())
         await site.start()
-        self.port = site._port  # type: ignore[attr-defined]
+        self.port = site._port
         return self
 
     async def kill(self) -> None:
@@ -88,7 +88,7 @@ class FakeUpstream:
         if self._runner is None:
             return
         for site in self._runner.sites:
-            server = site._server  # type: ignore[attr-defined]
+            server = site._server
             if server is not None:
                 server.close()
         if self._runner.server is not None:
