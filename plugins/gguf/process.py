@@ -24,11 +24,10 @@ from typing import Any
 import aiohttp
 
 from router.errors import UpstreamError, UpstreamTimeout
-from plugins.gguf.settings import WorkerSettings
+from plugins.gguf.settings import LISTENING_PREFIX, LOAD_FAILED_PREFIX, WorkerSettings
 
 log = logging.getLogger("router.gguf")
 
-LOAD_FAILED_PREFIX = "gguf worker: load failed: "
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -73,14 +72,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class WorkerProcess:
     def __init__(self, settings: WorkerSettings, session: aiohttp.ClientSession, *,
                  provider: str = "gguf", startup_timeout_s: float = 120.0) -> None:
@@ -99,6 +90,7 @@ class WorkerProcess:
         self.in_flight = 0
         self.preload = False
         self._reader: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -128,7 +120,10 @@ class WorkerProcess:
 
     async def _start(self) -> None:
         self.state = WorkerState.STARTING
-        self.settings.port = free_port()
+        # Port 0: the worker binds a free port itself and reports it (no race between
+        # choosing a port here and binding it there).
+        self.settings.port = 0
+        self._listening.clear()
         self.tail.clear()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)}
@@ -156,6 +151,9 @@ class WorkerProcess:
             if not line:
                 return
             text = line.decode("utf-8", "replace").rstrip()
+            if text.startswith(LISTENING_PREFIX):
+                self.settings.port = int(text.rsplit(":", 1)[1])
+                self._listening.set()
             self.tail.append(text)
             log.debug("[%s] %s", self.model_id, text)
 
@@ -165,6 +163,11 @@ class WorkerProcess:
         while time.monotonic() - started < self.startup_timeout_s:
             if self.proc.returncode is not None:
                 break
+            if not self._listening.is_set():  # it has not bound its port yet
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._listening.wait(), delay)
+                delay = min(delay * 1.5, 0.25)
+                continue
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with asyncio.timeout(2):
                     async with self.session.get(f"{self.url}/health") as response:

@@ -12,6 +12,10 @@ import argparse
 import dataclasses
 from typing import Any
 
+# What a worker prints on stderr for its supervisor (plugins.gguf.process) to read.
+LISTENING_PREFIX = "gguf worker: listening on "
+LOAD_FAILED_PREFIX = "gguf worker: load failed: "
+
 DEFAULT_N_CTX = 4096
 DEFAULT_MAX_TOKENS_LIMIT = 4096
 

@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from plugins.gguf.errors import BadRequest, EngineError, QueueFull
-from plugins.gguf.settings import WorkerSettings
+from plugins.gguf.settings import LISTENING_PREFIX, LOAD_FAILED_PREFIX, WorkerSettings
 
 log = logging.getLogger("router.gguf.worker")
 
@@ -288,11 +288,16 @@ async def serve(settings: WorkerSettings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()  # /health answers "loading" (503) while the model loads
+    # With --port 0 the OS picks a free port; the router reads it from this line.
+    sockets = getattr(site._server, "sockets", None)
+    if sockets:
+        settings.port = sockets[0].getsockname()[1]
+    print(f"{LISTENING_PREFIX}http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
     try:
         await asyncio.get_running_loop().run_in_executor(None, worker.load)
     except EngineError as exc:
         worker.load_error = exc
-        print(f"gguf worker: load failed: {exc.message}", file=sys.stderr, flush=True)
+        print(f"{LOAD_FAILED_PREFIX}{exc.message}", file=sys.stderr, flush=True)
         await runner.cleanup()
         raise SystemExit(3) from None
     worker.scheduler = Scheduler(settings.max_queue)
