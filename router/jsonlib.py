@@ -16,14 +16,10 @@ try:
     def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj)
 
-    JSONDecodeError: type[ValueError] = orjson.JSONDecodeError
-
 except ImportError:  # pragma: no cover - exercised only without the extra
     loads = json.loads  # type: ignore[assignment]
 
     def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
-    JSONDecodeError = json.JSONDecodeError
-
-__all__ = ["dumps", "loads", "JSONDecodeError"]
+__all__ = ["dumps", "loads"]
