@@ -1,7 +1,7 @@
 """Provider for any OpenAI-compatible server: vLLM, SGLang, Ollama, llama.cpp, OpenAI...
 
-Written as a third-party plugin would be: it uses only ``router``'s public interface
-(``hookimpl``, ``Provider``, ``UpstreamResponse`` and the errors). One pooled
+Written as a third-party plugin would be: it imports nothing but ``router``'s public API
+(``hookimpl``, ``Provider``, the shared aiohttp response and the errors). One pooled
 ``aiohttp.ClientSession`` per backend; connect, first-byte and idle-read timeouts so no
 wait is unbounded; the backend's API key goes in the Authorization header.
 
@@ -15,17 +15,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from router import __version__, hookimpl, jsonlib
-from router.config import BackendConfig
-from router.deadlines import deadline
-from router.errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
-from router.provider import ModelCard, Provider, UpstreamRequest, UpstreamResponse
+from router import (
+    AiohttpUpstreamResponse,
+    BackendConfig,
+    ModelCard,
+    Provider,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    __version__,
+    hookimpl,
+    jsonlib,
+    pooled_session,
+)
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -33,91 +44,6 @@ _GLOB_CHARS = frozenset("*?[")
 @dataclasses.dataclass
 class OpenAICompatibleOptions:
     models: list[str] = dataclasses.field(default_factory=list)
-
-
-class IdleWatchdog:
-    """Calls ``on_expire`` once the stream has waited ``timeout`` seconds for data.
-
-    One timer per ``timeout`` period instead of one per chunk (a stream of tokens has
-    thousands of chunks): reading only flips ``waiting`` and, after a chunk, stamps the
-    time. Time the consumer spends with a chunk (writing to a slow client) never counts.
-    """
-
-    __slots__ = ("_loop", "_timeout", "_on_expire", "_last", "_handle", "waiting", "expired")
-
-    def __init__(self, timeout: float, on_expire: Callable[[], object]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._timeout = timeout
-        self._on_expire = on_expire
-        self._last = self._loop.time()
-        self.waiting = False
-        self.expired = False
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._last + timeout, self._check)
-
-    def touch(self) -> None:
-        self._last = self._loop.time()
-
-    def _check(self) -> None:
-        now = self._loop.time()
-        if not self.waiting:
-            self._last = now  # the consumer had the chunk: the wait starts over
-        elif now - self._last >= self._timeout:
-            self.expired = True
-            self._handle = None
-            self._on_expire()
-            return
-        self._handle = self._loop.call_at(self._last + self._timeout, self._check)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-class AiohttpUpstreamResponse(UpstreamResponse):
-    __slots__ = ("_response", "_read_timeout", "status", "content_type", "headers")
-
-    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float) -> None:
-        self._response = response
-        self._read_timeout = read_timeout
-        self.status = response.status
-        self.content_type = response.content_type
-        self.headers: Mapping[str, str] = response.headers
-
-    async def read(self) -> bytes:
-        try:
-            if self._response.content.is_eof():  # all of it is here already: no timer needed
-                return await self._response.read()
-            async with deadline(self._read_timeout):
-                return await self._response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"no data for read_timeout_s = {self._read_timeout:g}s") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the backend connection failed mid-response: {exc}") from exc
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        response = self._response
-        content = response.content
-        timeout = self._read_timeout
-        watchdog = IdleWatchdog(timeout, response.close)
-        try:
-            while True:
-                watchdog.waiting = True
-                chunk = await content.readany()
-                watchdog.waiting = False
-                if not chunk:
-                    return
-                yield chunk
-                watchdog.touch()
-        except aiohttp.ClientError as exc:
-            if watchdog.expired:
-                raise UpstreamTimeout(f"the stream sent nothing for read_timeout_s = {timeout:g}s") from exc
-            raise UpstreamError(f"the backend connection failed mid-stream: {exc}") from exc
-        finally:
-            watchdog.stop()
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class OpenAICompatibleProvider(Provider):
@@ -143,13 +69,7 @@ class OpenAICompatibleProvider(Provider):
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        cfg = self.config
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, ttl_dns_cache=300),
-            # The first-byte and idle-read limits are applied per phase in send/iter_chunks.
-            timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s),
-            auto_decompress=True,
-        )
+        self.session = pooled_session(self.config.connect_timeout_s)
 
     async def aclose(self) -> None:
         if self.session is not None:
@@ -235,5 +155,5 @@ def _card(item: Any) -> ModelCard:
 
 
 @hookimpl
-def register_providers(register):  # type: ignore[no-untyped-def]
+def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
     register("openai_compatible", OpenAICompatibleProvider)

@@ -1,10 +1,13 @@
-"""Command line: ``python -m router serve|check|models|worker``.
+"""Command line: ``python -m router serve|check|models|worker`` and plugins' commands.
 
     serve   start the router; prints the URL it listens on once ready
     check   validate a config; exits 1 with file:line: key: message on error
     models  print the models each backend serves
-    worker  serve one model with a provider's standalone worker
+    worker  serve one model with a local engine's standalone worker
             (``python -m router worker --provider gguf --model PATH --port P``)
+
+Plugins add subcommands through ``register_commands`` and standalone workers through
+``register_workers``.
 """
 
 from __future__ import annotations
@@ -12,22 +15,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 import pluggy
 
-from router.config import Config, ConfigError, load_config
-from router.plugins import make_plugin_manager, providers, strategies
+from router.commands import Command
+from router.config.loader import ConfigError, load_config
+from router.config.schema import Config
+from router.hooks import Hooks
+from router.plugins import make_plugin_manager
+from router.registry import Registry
 
 log = logging.getLogger("router")
 
 
-def _load(path: str) -> tuple[Config, pluggy.PluginManager]:
-    pm = make_plugin_manager()
-    config = load_config(path, providers(pm), strategies(pm))
-    return config, pm
+def _load(path: str, pm: pluggy.PluginManager) -> tuple[Config, Registry]:
+    registry = Registry.collect(pm)
+    return load_config(path, registry.providers, registry.strategies), registry
 
 
 def _setup_logging(level: str) -> None:
@@ -37,35 +42,21 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _serve(config: Config, pm: pluggy.PluginManager) -> None:
-    from aiohttp import web
+async def _serve(config: Config, pm: pluggy.PluginManager, registry: Registry) -> None:
+    from router.serving import serve_app
+    from router.web.app import init_app
 
-    from router.app import init_app
-
-    app = init_app(config, pm)
+    app = init_app(config, pm, registry)
     access_log = logging.getLogger("aiohttp.access") if config.server.log_level == "debug" else None
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=access_log)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
-    await site.start()
-    port = config.server.port
-    sockets = getattr(site._server, "sockets", None)  # the only way to learn port 0's choice
-    if sockets:
-        port = sockets[0].getsockname()[1]
-    # Signal handlers go in before the ready line, so a stop sent right after it is graceful.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"Router listening on http://{config.server.host}:{port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+
+    def ready(port: int) -> None:
+        print(f"Router listening on http://{config.server.host}:{port}", flush=True)
+
+    await serve_app(app, config.server.host, config.server.port, on_listening=ready, access_log=access_log)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    config, pm = _load(args.config)
+def cmd_serve(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
+    config, registry = _load(args.config, pm)
     if args.host:
         config.server.host = args.host
     if args.port is not None:
@@ -74,36 +65,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(config, pm))
+        asyncio.run(_serve(config, pm, registry))
     else:
-        uvloop.run(_serve(config, pm))
+        uvloop.run(_serve(config, pm, registry))
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    config, _ = _load(args.config)
+def cmd_check(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
+    config, _ = _load(args.config, pm)
     print(f"{args.config}: OK ({len(config.backends)} backends, strategy {config.routing.strategy})")
     return 0
 
 
-async def _models(config: Config, pm: pluggy.PluginManager) -> dict[str, list[str] | str]:
+async def _models(config: Config, pm: pluggy.PluginManager, registry: Registry) -> dict[str, list[str] | str]:
     from router.state import RouterState
 
-    state = RouterState(config, pm)
-    await asyncio.gather(*(state.add_backend(cfg, rebuild=False) for cfg in config.backends))
+    state = RouterState(config, pm, registry)
+    await state.backends.start()
     try:
         return {
             name: (sorted(b.models) if b.healthy else f"unavailable: {b.last_error}")
-            for name, b in state.backends.items()
+            for name, b in state.backends.backends.items()
         }
     finally:
-        await asyncio.gather(*(b.provider.aclose() for b in state.backends.values()))
+        await state.backends.close()
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    config, pm = _load(args.config)
+def cmd_models(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
+    config, registry = _load(args.config, pm)
     logging.basicConfig(level=logging.ERROR)
-    for name, models in asyncio.run(_models(config, pm)).items():
+    for name, models in asyncio.run(_models(config, pm, registry)).items():
         if isinstance(models, str):
             print(f"{name}: {models}")
         else:
@@ -113,22 +104,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    registry = providers(make_plugin_manager())
-    cls = registry.get(args.provider)
-    if cls is None:
-        print(f"unknown provider {args.provider!r} (available: {', '.join(sorted(registry))})", file=sys.stderr)
+def cmd_worker(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
+    workers = Hooks(pm).workers()
+    worker = workers.get(args.provider)
+    if worker is None:
+        known = ", ".join(sorted(workers)) or "none"
+        print(f"provider {args.provider!r} has no standalone worker (providers with one: {known})", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"python -m router worker --provider {args.provider}")
-    try:
-        cls.add_worker_arguments(parser)
-    except NotImplementedError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    return cls.run_worker(parser.parse_args(args.rest))
+    parser = argparse.ArgumentParser(prog=f"python -m router worker --provider {args.provider}",
+                                     description=worker.help)
+    worker.add_arguments(parser)
+    return worker.run(parser.parse_args(args.rest))
 
 
-def build_parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = ("serve", "check", "models", "worker")
+
+
+def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m router", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,15 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="print the models each backend serves")
     models.add_argument("--config", default="config.yaml")
     models.set_defaults(func=cmd_models)
-    worker = sub.add_parser("worker", help="serve one model with a provider's standalone worker",
+    worker = sub.add_parser("worker", help="serve one model with a local engine's standalone worker",
                             add_help=False)
     worker.add_argument("--provider", required=True, help="then the provider's own flags (try --help)")
     worker.set_defaults(func=cmd_worker)
+    for command in commands:
+        if command.name in CORE_COMMANDS:
+            raise ValueError(f"a plugin tried to replace the {command.name!r} command")
+        plugin_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(plugin_parser)
+        plugin_parser.set_defaults(func=_plugin_command(command))
     return parser
 
 
+def _plugin_command(command: Command):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
+        return command.run(args)
+
+    return run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    pm = make_plugin_manager()
+    parser = build_parser(list(Hooks(pm).commands().values()))
     # A worker's flags belong to its provider: they are parsed by cmd_worker.
     args, rest = parser.parse_known_args(argv)
     if args.command == "worker":
@@ -159,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return int(args.func(args))
+        return int(args.func(args, pm))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 1

@@ -2,14 +2,26 @@
 
     RouterError                      status, type, code, param, retryable, retry_after
     ├── InvalidRequest               400  client's fault, never retried
+    │   ├── ContextLengthExceeded    400  the prompt does not fit the model's context
+    │   ├── PayloadTooLarge          413  the body is over server.max_body_mb
+    │   ├── MethodNotAllowed         405
+    │   └── Conflict                 409  e.g. a backend name that exists already
     ├── AuthenticationFailed         401
-    ├── ModelNotFound                404  model_not_found, lists what is available
-    ├── Overloaded                   429  queue full (router side); retryable on another backend
+    ├── NotFound                     404  no such endpoint (or admin API off)
+    │   └── ModelNotFound            404  model_not_found, lists what is available
+    ├── Overloaded                   429  queue full (router or worker side); retryable elsewhere
     ├── NoBackendAvailable           503  every backend for the model is down / open / draining
+    ├── EngineError                  500  a local engine failed while generating (worker side)
     └── UpstreamError                     raised at the provider boundary
         ├── UpstreamUnreachable      502  connection refused / reset before the first byte
         ├── UpstreamTimeout          504  connect or first-byte timeout
-        └── UpstreamHTTPError        the upstream's own status; retryable for 408/429/5xx
+        ├── UpstreamHTTPError        the upstream's own status; retryable for 408/429/5xx
+        ├── ModelLoadFailed          500  a local worker could not load its model
+        └── WorkerCrashed            502  a local worker died while handling the request
+
+Local workers raise the same classes, so one error has one status and envelope on both
+sides of the process boundary. Errors are never mutated to change their status: each
+status has its class.
 
 Failover reads ``retryable``; it never matches on message text.
 """
@@ -79,6 +91,30 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+    def __init__(self, limit: int, tokens: int | None) -> None:
+        got = f"your request has {tokens} tokens" if tokens is not None else "your request is longer"
+        super().__init__(
+            f"This model's maximum context length is {limit} tokens, and {got} (prompt plus at "
+            "least one generated token must fit). Shorten the messages, or raise n_ctx in the "
+            "model's config if the model supports a longer context.",
+            param="messages",
+        )
+        self.limit = limit
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(InvalidRequest):
+    status = 409
+    code = "conflict"
+
+
 class AuthenticationFailed(RouterError):
     status = 401
     type = "authentication_error"
@@ -108,6 +144,14 @@ class NoBackendAvailable(RouterError):
     code = "no_backend_available"
 
 
+class EngineError(RouterError):
+    """A local engine failed while generating (raised inside a worker process)."""
+
+    status = 500
+    type = "server_error"
+    code = "engine_error"
+
+
 class UpstreamError(RouterError):
     """An error from or on the way to a backend."""
 
@@ -126,6 +170,19 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout"
     code = "upstream_timeout"
+
+
+class ModelLoadFailed(UpstreamError):
+    """A local worker could not load its model (the message says why and what to do)."""
+
+    status = 500
+    type = "server_error"
+    code = "model_load_failed"
+
+
+class WorkerCrashed(UpstreamError):
+    status = 502
+    code = "worker_crashed"
 
 
 class UpstreamHTTPError(UpstreamError):

@@ -4,6 +4,8 @@ Third-party plugins arrive through the ``router`` setuptools entry-point group.
 ``ROUTER_LOAD_PLUGINS`` restricts what loads: a comma-separated list of plugin names
 (built-in module names such as ``plugins.gguf``, or entry-point names); empty loads none.
 ``ROUTER_TRACE_PLUGINS=1`` prints every hook call to stderr.
+
+Nothing else in the core names a built-in plugin: they are modules in ``DEFAULT_PLUGINS``.
 """
 
 from __future__ import annotations
@@ -11,25 +13,17 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, TypeVar
 
 import pluggy
 
 from router import hookspecs
 
-if TYPE_CHECKING:
-    from router.provider import Provider
-    from router.strategies import Strategy
-
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "router.strategies",
+    "plugins.strategies",
     "plugins.openai_compatible",
     "plugins.gguf",
 )
-
-T = TypeVar("T")
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
@@ -57,23 +51,3 @@ def _wanted_plugins() -> set[str] | None:
     if value is None:
         return None
     return {name.strip() for name in value.split(",") if name.strip()}
-
-
-def _collect(hook: Callable[..., object], kind: str) -> dict[str, type[T]]:
-    found: dict[str, type[T]] = {}
-
-    def register(name: str, cls: type[T]) -> None:
-        if name in found:
-            raise ValueError(f"{kind} {name!r} is registered twice")
-        found[name] = cls
-
-    hook(register=register)
-    return found
-
-
-def providers(pm: pluggy.PluginManager) -> dict[str, type[Provider]]:
-    return _collect(pm.hook.register_providers, "provider")
-
-
-def strategies(pm: pluggy.PluginManager) -> dict[str, type[Strategy]]:
-    return _collect(pm.hook.register_strategies, "strategy")

@@ -8,8 +8,7 @@ response; a provider only talks to its backend and maps failures onto
 
 A plugin registers its class through the ``register_providers`` hook::
 
-    from router import hookimpl
-    from router.provider import Provider
+    from router import Provider, hookimpl
 
     class MyProvider(Provider):
         ...
@@ -22,13 +21,12 @@ A plugin registers its class through the ``register_providers`` hook::
 from __future__ import annotations
 
 import abc
-import argparse
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from router.config import BackendConfig
+    from router.config.schema import BackendConfig
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,11 +78,33 @@ class UpstreamResponse(abc.ABC):
         """Release the connection at once (also mid-body: the upstream sees the close)."""
 
 
+class StaticResponse(UpstreamResponse):
+    """A response made in the router (an early answer, a test): a whole body, or a stream
+    given as its chunks."""
+
+    def __init__(self, body: bytes | list[bytes], *, status: int = 200,
+                 content_type: str = "application/json", headers: Mapping[str, str] | None = None) -> None:
+        self.status = status
+        self.content_type = content_type
+        self.headers = dict(headers or {})
+        self._chunks = [body] if isinstance(body, bytes) else list(body)
+
+    async def read(self) -> bytes:
+        return b"".join(self._chunks)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+    def close(self) -> None:
+        self._chunks = []
+
+
 class Provider(abc.ABC):
     """Base class for provider plugins.
 
     ``options_class`` is a dataclass describing the provider's own backend keys (beyond
-    the common ones in ``router.config.BackendConfig``); the config loader validates
+    the common ones in ``router.BackendConfig``); the config loader validates
     them with file, key and line in every error, and passes the instance as
     ``config.options``.
     """
@@ -130,20 +150,6 @@ class Provider(abc.ABC):
     def status(self) -> dict[str, Any]:
         """Provider-specific facts for ``/status`` (loaded models, queue depths...)."""
         return {}
-
-    # -- the standalone worker (``python -m router worker --provider NAME``) ---------------
-    # Providers that run a local engine can serve one model as a standalone
-    # OpenAI-compatible server, for machines where the router itself does not run.
-
-    @classmethod
-    def add_worker_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Declare the flags of this provider's standalone worker on ``parser``."""
-        raise NotImplementedError(f"provider {cls.__name__} has no standalone worker")
-
-    @classmethod
-    def run_worker(cls, args: argparse.Namespace) -> int:
-        """Serve until stopped, with the flags parsed; return the exit status."""
-        raise NotImplementedError(f"provider {cls.__name__} has no standalone worker")
 
     async def __aenter__(self) -> Provider:
         await self.start()

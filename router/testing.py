@@ -1,9 +1,13 @@
 """Helpers for testing the router and plugins against real servers on 127.0.0.1.
 
-``FakeUpstream`` is a real OpenAI-compatible aiohttp server whose behaviour a test can
-change while it runs (slow, failing, hanging, resetting). ``RouterProcess`` starts the
-router the way a user does (``python -m router serve``) and stops it. Plugin authors use
-both to test a provider end to end.
+- ``FakeUpstream``: a real OpenAI-compatible aiohttp server whose behaviour a test can
+  change while it runs (slow, failing, hanging, resetting).
+- ``router_client``: the router in-process (``init_app(config)`` on a real port) with
+  aiohttp's test client, for request-path tests; extra plugin objects can be registered.
+- ``RouterProcess``: the router started the way a user does (``python -m router serve``),
+  for the CLI, signals and processes.
+
+Plugin authors use them to test a provider end to end (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -11,18 +15,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from router import jsonlib
+from router.config.loader import parse_config
+from router.config.schema import Config
+from router.plugins import make_plugin_manager
+from router.registry import Registry
+from router.web.app import init_app
+from router.web.routes import Handler, add_routes, openai_routes
 
 
 def free_port() -> int:
@@ -68,11 +81,11 @@ class FakeUpstream:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/v1/models", self.list_models)
+        handlers: dict[str, Handler] = {
+            "chat/completions": self.chat, "completions": self.completions, "embeddings": self.embeddings,
+        }
+        add_routes(app, openai_routes(handlers.__getitem__, self.list_models))
         app.router.add_get("/health", self.health)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/embeddings", self.embeddings)
         return app
 
     async def start(self, port: int = 0) -> FakeUpstream:
@@ -240,6 +253,35 @@ class FakeUpstream:
                                   "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
 
 
+@contextlib.asynccontextmanager
+async def router_client(
+    config: Config | str | dict[str, Any], *, plugins: Sequence[object] = (), base_dir: Path | None = None
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The router in-process on 127.0.0.1, with aiohttp's test client::
+
+        async with router_client({"backends": [...]}) as client:
+            resp = await client.post("/v1/chat/completions", json={...})
+
+    ``config`` is a ``Config``, YAML text or a dict of it. ``plugins`` are extra plugin
+    objects (modules or instances with ``@hookimpl`` methods) registered next to the
+    built-in ones. Backends start before the client is handed over, as in ``serve``.
+    """
+    pm = make_plugin_manager()
+    for plugin in plugins:
+        pm.register(plugin)
+    registry = Registry.collect(pm)
+    if not isinstance(config, Config):
+        text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+        config = parse_config(text, registry.providers, registry.strategies, base_dir=base_dir)
+    server = TestServer(init_app(config, pm, registry), host="127.0.0.1")
+    client: TestClient[web.Request, web.Application] = TestClient(server)
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 class BackgroundLoop:
     """An asyncio loop in a daemon thread, so servers keep answering while a test blocks
     (e.g. in the synchronous ``openai`` client)."""
@@ -260,6 +302,76 @@ class BackgroundLoop:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+
+
+class RouterServer:
+    """The router in-process on a real port, in a ``BackgroundLoop`` (so synchronous
+    clients can block while it answers), loaded from a config file as ``serve`` does.
+    Same surface as ``RouterProcess``: ``url``, ``start()``, ``stop()``, ``log()``."""
+
+    def __init__(self, config_path: str | Path, loop: BackgroundLoop, *, port: int | None = None,
+                 plugins: Sequence[object] = ()) -> None:
+        self.config_path = str(config_path)
+        self.loop = loop
+        self.port = port or 0
+        self.plugins = plugins
+        self.records: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self._handler: logging.Handler | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> RouterServer:
+        self.loop.run(self._start(), timeout)
+        return self
+
+    async def _start(self) -> None:
+        from router.config.loader import load_config
+        from router.serving import bound_port
+
+        pm = make_plugin_manager()
+        for plugin in self.plugins:
+            pm.register(plugin)
+        registry = Registry.collect(pm)
+        config = load_config(self.config_path, registry.providers, registry.strategies)
+        self._capture_logs()
+        self._runner = web.AppRunner(init_app(config, pm, registry), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = bound_port(site, self.port)
+
+    def _capture_logs(self) -> None:
+        records = self.records
+
+        class Capture(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(self.format(record) + "\n")
+
+        self._handler = Capture(logging.INFO)
+        self._handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("router")
+        logger.addHandler(self._handler)
+        logger.setLevel(logging.INFO)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            self.loop.run(runner.cleanup())
+        if self._handler is not None:
+            logging.getLogger("router").removeHandler(self._handler)
+            self._handler = None
+
+    def log(self) -> str:
+        return "".join(self.records)
+
+    def __enter__(self) -> RouterServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class RouterProcess:

@@ -12,9 +12,10 @@ import hmac
 
 from aiohttp import web
 
-from router.config import ConfigError, parse_backend
-from router.errors import AuthenticationFailed, InvalidRequest, NotFound, RouterError
-from router.views import STATE, Handler, json_response
+from router.config.loader import ConfigError, parse_backend
+from router.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from router.web.middlewares import STATE, json_response
+from router.web.routes import Handler, Route
 
 DRAIN_TIMEOUT_S = 60.0
 
@@ -22,8 +23,7 @@ DRAIN_TIMEOUT_S = 60.0
 def _authorized(request: web.Request) -> None:
     key = request.app[STATE].config.server.admin_key
     if not key:
-        error = NotFound("the admin API is off: set server.admin_key in the config to enable it")
-        raise error
+        raise NotFound("the admin API is off: set server.admin_key in the config to enable it")
     given = request.headers.get("Authorization", "")
     if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), key.encode()):
         raise AuthenticationFailed("missing or wrong admin key: send 'Authorization: Bearer <server.admin_key>'")
@@ -42,32 +42,30 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def list_backends(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    return json_response({"backends": [b.status() for b in state.backends.values()]})
+    backends = request.app[STATE].backends.backends
+    return json_response({"backends": [b.status() for b in backends.values()]})
 
 
 async def add_backend(request: web.Request) -> web.Response:
     state = request.app[STATE]
     # The body is JSON, which is YAML: one validator for both, with the same messages.
     try:
-        cfg = parse_backend(await request.text(), state.providers)
+        cfg = parse_backend(await request.text(), state.registry.providers)
     except ConfigError as exc:
         raise InvalidRequest(str(exc), param=exc.key or None) from exc
     cfg.base_dir = state.config.base_dir
-    if cfg.name in state.backends:
-        error: RouterError = InvalidRequest(f"a backend named {cfg.name!r} exists already", param="name")
-        error.status = 409
-        raise error
-    backend = await state.add_backend(cfg)
+    if state.backends.exists(cfg.name):
+        raise Conflict(f"a backend named {cfg.name!r} exists already", param="name")
+    backend = await state.backends.add(cfg)
     return json_response(backend.status(), status=201)
 
 
 async def remove_backend(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = request.match_info["name"]
-    if name not in state.backends:
+    if name not in state.backends.backends:
         raise NotFound(f"no backend named {name!r}")
-    await state.remove_backend(name, DRAIN_TIMEOUT_S)
+    await state.backends.remove(name, DRAIN_TIMEOUT_S)
     return json_response({"removed": name})
 
 
@@ -82,15 +80,17 @@ async def queue(request: web.Request) -> web.Response:
                     "max_concurrent": b.config.max_concurrent,
                     "max_queue": b.config.max_queue if b.limit else None,
                 }
-                for b in state.backends.values()
+                for b in state.backends.backends.values()
             }
         }
     )
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/status", guarded(status))
-    app.router.add_get("/admin/backends", guarded(list_backends))
-    app.router.add_post("/admin/backends", guarded(add_backend))
-    app.router.add_delete("/admin/backends/{name}", guarded(remove_backend))
-    app.router.add_get("/admin/queue", guarded(queue))
+def routes() -> list[Route]:
+    return [
+        Route("GET", "/status", guarded(status), "health, circuit, load and models of every backend"),
+        Route("GET", "/admin/backends", guarded(list_backends), "the live backends"),
+        Route("POST", "/admin/backends", guarded(add_backend), "register a backend (same fields as YAML)"),
+        Route("DELETE", "/admin/backends/{name}", guarded(remove_backend), "drain and remove a backend"),
+        Route("GET", "/admin/queue", guarded(queue), "queue depths"),
+    ]

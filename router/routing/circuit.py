@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 
-from router.config import CircuitBreakerConfig
+from router.config.schema import CircuitBreakerConfig
 
 
 class CircuitState(str, enum.Enum):

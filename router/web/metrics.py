@@ -9,10 +9,14 @@ so metrics cost the hot path nothing. prometheus-client formats them; it comes w
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from router.state import RouterState
+from aiohttp import web
+
+from router.errors import NotFound
+from router.state import RouterState
+from router.web.middlewares import STATE
+from router.web.routes import Route
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,15 +36,15 @@ class RouterCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        state = self.state
-        yield CounterMetricFamily("router_requests", "Client requests received.", value=state.requests)
+        stats = self.state.stats
+        yield CounterMetricFamily("router_requests", "Client requests received.", value=stats.requests)
         yield CounterMetricFamily(
-            "router_retries", "Extra attempts made on another backend (failover).", value=state.retries
+            "router_retries", "Extra attempts made on another backend (failover).", value=stats.retries
         )
         responses = CounterMetricFamily(
             "router_responses", "Client responses by HTTP status.", labels=["code"]
         )
-        for code, count in sorted(state.responses_by_status.items()):
+        for code, count in sorted(stats.responses_by_status.items()):
             responses.add_metric([str(code)], count)
         yield responses
 
@@ -65,7 +69,7 @@ class RouterCollector:
                 "router_backend_latency_ewma_seconds", "EWMA of time to first byte.", labels=["backend"]
             ),
         }
-        for backend in state.backends.values():
+        for backend in self.state.backends.backends.values():
             label = [backend.name]
             per_backend["served"].add_metric(label, backend.served)
             per_backend["failed"].add_metric(label, backend.failed)
@@ -84,3 +88,13 @@ def render(state: RouterState) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouterCollector(state))
     return generate_latest(registry)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    if not available():
+        raise NotFound("metrics need prometheus-client: pip install '.[metrics]'")
+    return web.Response(body=render(request.app[STATE]), headers={"Content-Type": CONTENT_TYPE})
+
+
+def routes() -> list[Route]:
+    return [Route("GET", "/metrics", metrics_view, "Prometheus metrics")]

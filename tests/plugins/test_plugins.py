@@ -16,10 +16,11 @@ import openai
 import pytest
 
 from router import hookspecs
-from router.plugins import DEFAULT_PLUGINS, make_plugin_manager, providers, strategies
+from router.plugins import DEFAULT_PLUGINS, make_plugin_manager
+from router.registry import Registry
 from tests.conftest import backend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "router-echo"
 HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
                if hasattr(fn, "router_spec"))
@@ -36,11 +37,12 @@ def example_plugin_path(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def echo_router(example_plugin_path, start_router, upstreams, tmp_path):
+def echo_router(example_plugin_path, start_router_process, upstreams, tmp_path):
     up = upstreams("real", models=["echo-1"])
     log = tmp_path / "events.jsonl"
-    env = {"PYTHONPATH": os.pathsep.join([example_plugin_path, str(ROOT)]), "ROUTER_ECHO_LOG": str(log)}
-    router = start_router({
+    env = {"PYTHONPATH": os.pathsep.join([example_plugin_path, str(ROOT)]), "ROUTER_ECHO_LOG": str(log),
+           "ROUTER_LOAD_PLUGINS": ",".join([*DEFAULT_PLUGINS, "echo"])}
+    router = start_router_process({
         "routing": {"strategy": "alphabetical"},
         "backends": [
             {"name": "b-echo", "provider": "echo", "prefix": "echo: ", "model_names": ["echo-1"]},
@@ -73,17 +75,18 @@ def test_builtins_register_like_third_party_plugins():
     pm = make_plugin_manager()
     for name in DEFAULT_PLUGINS:
         assert pm.has_plugin(name)
-    assert "openai_compatible" in providers(pm)
-    assert {"round_robin", "random", "weighted", "least_connections", "least_latency", "sticky"} <= set(strategies(pm))
+    registry = Registry.collect(pm)
+    assert "openai_compatible" in registry.providers
+    assert {"round_robin", "random", "weighted", "least_connections", "least_latency", "sticky"} <= set(registry.strategies)
 
 
 def test_load_plugins_env_restricts(monkeypatch):
-    monkeypatch.setenv("ROUTER_LOAD_PLUGINS", "router.strategies")
-    pm = make_plugin_manager()
-    assert providers(pm) == {}
-    assert "round_robin" in strategies(pm)
+    monkeypatch.setenv("ROUTER_LOAD_PLUGINS", "plugins.strategies")
+    registry = Registry.collect(make_plugin_manager())
+    assert registry.providers == {}
+    assert "round_robin" in registry.strategies
     monkeypatch.setenv("ROUTER_LOAD_PLUGINS", "")
-    assert strategies(make_plugin_manager()) == {}
+    assert Registry.collect(make_plugin_manager()).strategies == {}
 
 
 def test_hook_register_providers(echo_router):
@@ -154,7 +157,8 @@ def test_hook_shutdown(echo_router):
 def test_plugin_options_are_validated_with_lines(example_plugin_path, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("backends:\n  - name: e\n    provider: echo\n    prefix: [1]\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([example_plugin_path, str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([example_plugin_path, str(ROOT)]),
+           "ROUTER_LOAD_PLUGINS": ",".join([*DEFAULT_PLUGINS, "echo"])}
     result = subprocess.run([sys.executable, "-m", "router", "check", "--config", str(cfg)],
                             capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 1

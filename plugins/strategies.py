@@ -1,35 +1,23 @@
-"""Routing strategies: pick one backend among the healthy candidates for a request.
+"""The built-in routing strategies, a plugin like any other (``register_strategies``).
 
-Each is a plugin class registered through ``register_strategies`` (this module is itself a
-built-in plugin). ``choose`` is called once per attempt with a non-empty candidate list
-that excludes backends already tried, so failover never lands twice on the same backend.
+Each picks one backend among the candidates for a request (``router.Strategy``): the
+candidates are read-only ``BackendView``s, never empty, and exclude backends already
+tried, so failover never lands twice on the same backend.
 """
 
 from __future__ import annotations
 
-import abc
 import hashlib
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from router.hookspecs import hookimpl
+from router import BackendView, Strategy, hookimpl
 
 if TYPE_CHECKING:
-    from router.backend import Backend
-    from router.config import RoutingConfig
-    from router.proxy import ProxyRequest
-
-
-class Strategy(abc.ABC):
-    def __init__(self, routing: RoutingConfig) -> None:
-        self.routing = routing
-
-    @abc.abstractmethod
-    def choose(self, candidates: Sequence[Backend], request: ProxyRequest) -> Backend:
-        """Return one of ``candidates`` (never empty)."""
+    from router import ProxyRequest, RoutingConfig
 
 
 class RoundRobin(Strategy):
@@ -39,7 +27,7 @@ class RoundRobin(Strategy):
         super().__init__(routing)
         self._counters: dict[str, itertools.count[int]] = {}
 
-    def choose(self, candidates: Sequence[Backend], request: ProxyRequest) -> Backend:
+    def choose(self, candidates: Sequence[BackendView], request: ProxyRequest) -> BackendView:
         counter = self._counters.get(request.target_model)
         if counter is None:
             counter = self._counters[request.target_model] = itertools.count()
@@ -47,7 +35,7 @@ class RoundRobin(Strategy):
 
 
 class Random(Strategy):
-    def choose(self, candidates: Sequence[Backend], request: ProxyRequest) -> Backend:
+    def choose(self, candidates: Sequence[BackendView], request: ProxyRequest) -> BackendView:
         return random.choice(candidates)
 
 
@@ -58,9 +46,9 @@ class Weighted(Strategy):
         super().__init__(routing)
         self._current: dict[str, float] = {}
 
-    def choose(self, candidates: Sequence[Backend], request: ProxyRequest) -> Backend:
+    def choose(self, candidates: Sequence[BackendView], request: ProxyRequest) -> BackendView:
         total = 0.0
-        best: Backend | None = None
+        best: BackendView | None = None
         best_score = -math.inf
         current = self._current
         for backend in candidates:
@@ -77,7 +65,7 @@ class Weighted(Strategy):
 class LeastConnections(Strategy):
     """Fewest in-flight requests (per unit of weight); ties broken at random."""
 
-    def choose(self, candidates: Sequence[Backend], request: ProxyRequest) -> Backend:
+    def choose(self, candidates: Sequence[BackendView], request: ProxyRequest) -> BackendView:
         best = min(b.in_flight / b.weight for b in candidates)
         return random.choice([b for b in candidates if b.in_flight / b.weight == best])
 
@@ -85,7 +73,7 @@ class LeastConnections(Strategy):
 class LeastLatency(Strategy):
     """Lowest EWMA of time to first byte; backends not measured yet are tried first."""
 
-    def choose(self, candidates: Sequence[Backend], request: ProxyRequest) -> Backend:
+    def choose(self, candidates: Sequence[BackendView], request: ProxyRequest) -> BackendView:
         unmeasured = [b for b in candidates if b.ewma_ttfb_s is None]
         if unmeasured:
             return random.choice(unmeasured)
@@ -104,7 +92,7 @@ class Sticky(Strategy):
         super().__init__(routing)
         self._fallback = LeastConnections(routing)
 
-    def choose(self, candidates: Sequence[Backend], request: ProxyRequest) -> Backend:
+    def choose(self, candidates: Sequence[BackendView], request: ProxyRequest) -> BackendView:
         key = request.session_key(self.routing.sticky_key)
         if key is None:
             return self._fallback.choose(candidates, request)
@@ -129,6 +117,6 @@ BUILTIN: dict[str, type[Strategy]] = {
 
 
 @hookimpl
-def register_strategies(register):  # type: ignore[no-untyped-def]
+def register_strategies(register: Callable[[str, type[Strategy]], None]) -> None:
     for name, cls in BUILTIN.items():
         register(name, cls)

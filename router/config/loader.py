@@ -1,9 +1,9 @@
 """config.yaml into typed dataclasses; every error names the file, the key path and the line.
 
-The loader walks PyYAML's node tree (which keeps line numbers) against the dataclasses
-below, so unknown keys, wrong types and missing ``${VAR}`` environment variables are
-reported where they are written. Provider plugins declare their own backend keys as a
-dataclass (``Provider.options_class``) and get the same checking.
+The loader walks PyYAML's node tree (which keeps line numbers) against the dataclasses of
+``router.config.schema``, so unknown keys, wrong types and missing ``${VAR}`` environment
+variables are reported where they are written. Provider plugins declare their own backend
+keys as a dataclass (``Provider.options_class``) and get the same checking.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import os
 import re
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
+from router.config.env import substitute
+from router.config.schema import BackendConfig, Config, accepted_keys
 from router.provider import Provider
-
-_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
@@ -33,84 +33,13 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
 
 
-def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
-            le: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field whose value the loader checks (with file, key and line)."""
-    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "choices": choices})
-
-
-@dataclasses.dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = bounded(8400, ge=0, le=65535)
-    admin_key: str | None = dataclasses.field(default=None, repr=False)
-    max_body_mb: float = bounded(32.0, gt=0)
-    log_level: str = bounded("info", choices=("debug", "info", "warning", "error"))
-
-
-@dataclasses.dataclass
-class CircuitBreakerConfig:
-    failure_threshold: int = bounded(5, ge=1)
-    cooldown_s: float = bounded(30.0, ge=0)
-    success_threshold: int = bounded(1, ge=1)
-
-
-@dataclasses.dataclass
-class RoutingConfig:
-    strategy: str = "round_robin"
-    discovery_interval_s: float = bounded(60.0, gt=0)
-    health_check_interval_s: float = bounded(15.0, gt=0)
-    retries: int = bounded(2, ge=0)
-    timeout_s: float = bounded(600.0, gt=0)
-    sticky_key: str = "auto"
-    model_strategies: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class BackendConfig:
-    name: str
-    provider: str
-    base_url: str | None = None
-    api_key: str | None = dataclasses.field(default=None, repr=False)
-    weight: float = bounded(1.0, gt=0)
-    max_concurrent: int | None = bounded(None, ge=1)
-    max_queue: int = bounded(64, ge=0)
-    health_check_path: str = "/v1/models"
-    connect_timeout_s: float = bounded(5.0, gt=0)
-    first_byte_timeout_s: float = bounded(300.0, gt=0)
-    read_timeout_s: float = bounded(120.0, gt=0)
-    headers: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
-    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
-    # The provider's own keys (an instance of its options_class), validated like the rest.
-    options: Any = None
-    # The config file's directory (not a YAML key): relative paths a provider reads
-    # (model files, say) are relative to it, wherever the router was started from.
-    base_dir: Path | None = dataclasses.field(default=None, repr=False)
-
-    def path(self, value: str) -> Path:
-        """A path from this backend's config, relative ones taken from the config's folder."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (self.base_dir or Path.cwd()) / path
-
-
-@dataclasses.dataclass
-class Config:
-    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
-    routing: RoutingConfig = dataclasses.field(default_factory=RoutingConfig)
-    circuit_breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
-    backends: list[BackendConfig] = dataclasses.field(default_factory=list)
-    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
-    path: str = "<memory>"
-    base_dir: Path = dataclasses.field(default_factory=Path.cwd)
-
-
 _NOT_YAML = {"options", "base_dir"}
 _BACKEND_COMMON = {f.name for f in dataclasses.fields(BackendConfig)} - _NOT_YAML
 
 
 class _Loader:
     def __init__(
-        self, file: str, providers: dict[str, type[Provider]], strategies: Collection[str]
+        self, file: str, providers: Mapping[str, type[Provider]], strategies: Collection[str]
     ) -> None:
         self.file = file
         self.providers = providers
@@ -175,16 +104,31 @@ class _Loader:
         mapping = self.mapping(node, key)
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        # Groups declared once and written at this level (schema.flatten / overrides_of).
+        groups = {n: f for n, f in fields.items() if "flatten" in f.metadata or "overrides_of" in f.metadata}
+        plain = {n: f for n, f in fields.items() if n not in groups}
+        grouped = {k: n for n, f in groups.items()
+                   for k in accepted_keys(f.metadata.get("flatten") or f.metadata["overrides_of"])}
         kwargs: dict[str, Any] = {}
         for name, (k_node, v_node) in mapping.items():
             if skip and name in skip:
                 continue
-            if name not in fields:
-                known = ", ".join(sorted(n for n in fields if not (skip and n in skip)))
+            if name in grouped and name not in plain:
+                continue
+            if name not in plain:
+                known = ", ".join(sorted(n for n in set(plain) | set(grouped) if not (skip and n in skip)))
                 raise self.error(_join(key, name), k_node, f"unknown key (known keys: {known})")
             kwargs[name] = self.build(hints[name], v_node, _join(key, name))
             self.check_bounds(fields[name], kwargs[name], v_node, _join(key, name))
-        for name, f in fields.items():
+        for name, f in groups.items():
+            group_cls = f.metadata.get("flatten") or f.metadata["overrides_of"]
+            wanted = accepted_keys(group_cls)
+            others = set(mapping) - wanted
+            if "flatten" in f.metadata:
+                kwargs[name] = self.dataclass(group_cls, node, key, skip=others)
+            else:
+                kwargs[name] = self.overrides(group_cls, mapping, key, wanted)
+        for name, f in plain.items():
             if (
                 name not in kwargs
                 and f.default is dataclasses.MISSING
@@ -192,6 +136,18 @@ class _Loader:
             ):
                 raise self.error(_join(key, name), node, "required key is missing")
         return cls(**kwargs)
+
+    def overrides(
+        self, cls: type, mapping: dict[str, tuple[yaml.Node, yaml.Node]], key: str, wanted: set[str]
+    ) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        out: dict[str, Any] = {}
+        for name in sorted(wanted & set(mapping)):
+            v_node = mapping[name][1]
+            out[name] = self.build(hints[name], v_node, _join(key, name))
+            self.check_bounds(fields[name], out[name], v_node, _join(key, name))
+        return out
 
     def check_bounds(self, f: dataclasses.Field[Any], value: Any, node: yaml.Node, key: str) -> None:
         meta = f.metadata
@@ -232,15 +188,7 @@ class _Loader:
         return value
 
     def substitute(self, text: str, node: yaml.Node, key: str) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            raise self.error(key, node, f"environment variable {name} is not set")
-
-        return _ENV_VAR.sub(replace, text) if "${" in text else text
+        return substitute(text, lambda name: self.error(key, node, f"environment variable {name} is not set"))
 
     # -- the document -------------------------------------------------------------------
 
@@ -313,7 +261,7 @@ class _Loader:
                 )
         common: BackendConfig = self.dataclass(BackendConfig, node, key, skip=own | _NOT_YAML)
         if options_cls is not None:
-            options_fields = {f.name for f in dataclasses.fields(options_cls)}
+            options_fields = accepted_keys(options_cls)
             common_only = (set(mapping) & _BACKEND_COMMON) - options_fields
             common.options = self.dataclass(options_cls, node, key, skip=common_only)
         if not common.name or not re.fullmatch(r"[A-Za-z0-9._-]+", common.name):
@@ -328,7 +276,7 @@ _CONSTRUCTOR = yaml.SafeLoader("")
 
 def load_config(
     path: str | os.PathLike[str],
-    providers: dict[str, type[Provider]],
+    providers: Mapping[str, type[Provider]],
     strategies: Collection[str] = (),
 ) -> Config:
     """Read and validate a config file. Raises ConfigError."""
@@ -344,7 +292,7 @@ def load_config(
 
 def parse_config(
     text: str,
-    providers: dict[str, type[Provider]],
+    providers: Mapping[str, type[Provider]],
     strategies: Collection[str] = (),
     *,
     file: str = "<string>",
@@ -367,7 +315,7 @@ def parse_config(
 
 
 def parse_backend(
-    text: str, providers: dict[str, type[Provider]], *, file: str = "<request body>"
+    text: str, providers: Mapping[str, type[Provider]], *, file: str = "<request body>"
 ) -> BackendConfig:
     """One backend entry (YAML or JSON), validated exactly like one in ``backends:``."""
     try:

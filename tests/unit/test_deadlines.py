@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from router.deadlines import RESOLUTION_S, deadline
+from router.routing.deadlines import RESOLUTION_S, deadline
 
 
 async def test_expires_with_timeout_error():

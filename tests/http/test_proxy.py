@@ -289,25 +289,6 @@ def test_health_endpoints(one):
     assert http("GET", f"{router.url}/health/ready")[0] == 200
 
 
-def test_cli_models_lists_each_backend(upstreams, tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import write_config
-    up = upstreams("alpha", models=["m1", "m2"])
-    cfg = write_config(tmp_path / "c.yaml", {
-        "backends": [backend("alpha", up), {"name": "down", "provider": "openai_compatible",
-                                            "base_url": "http://127.0.0.1:9", "models": ["x"]}],
-        "aliases": {"fast": "m1"}})
-    result = subprocess.run([sys.executable, "-m", "router", "models", "--config", str(cfg)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "alpha: m1, m2" in lines
-    assert any(line.startswith("down: unavailable: ") for line in lines)
-    assert "alias fast -> m1" in lines
-
-
 def test_keys_never_reach_logs_or_status(bg, upstreams, start_router):
     up = upstreams("alpha")
     router = start_router({

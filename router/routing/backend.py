@@ -2,60 +2,93 @@
 
 The router counts in-flight requests itself (least_connections never scrapes backend
 metrics), keeps a latency EWMA of time to first byte, a circuit breaker, the models last
-discovered, and a bounded wait queue when ``max_concurrent`` is set.
+discovered, and a bounded wait queue (``router.routing.limits.Admission``) when
+``max_concurrent`` is set. Plugins see it only through its read-only ``view``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import types
+from collections.abc import Mapping
 from typing import Any
 
-from router.circuit import CircuitBreaker, CircuitState
-from router.deadlines import deadline
-from router.config import BackendConfig, CircuitBreakerConfig
+from router.config.schema import BackendConfig, CircuitBreakerConfig
 from router.errors import (
-    Overloaded,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamTimeout,
     parse_retry_after,
 )
 from router.provider import ModelCard, Provider, UpstreamRequest, UpstreamResponse
+from router.routing.circuit import CircuitBreaker, CircuitState
+from router.routing.deadlines import deadline
+from router.routing.limits import Admission
 
 EWMA_ALPHA = 0.3
 DEFAULT_429_COOLDOWN_S = 1.0
 
 
-class ConcurrencyLimit:
-    """At most ``max_concurrent`` at once, at most ``max_queue`` waiting; beyond, Overloaded."""
+class BackendView:
+    """What hooks and strategies see of a backend: its live state, read-only."""
 
-    __slots__ = ("max_concurrent", "max_queue", "_sem", "waiting")
+    __slots__ = ("_backend",)
 
-    def __init__(self, max_concurrent: int, max_queue: int) -> None:
-        self.max_concurrent = max_concurrent
-        self.max_queue = max_queue
-        self._sem = asyncio.Semaphore(max_concurrent)
-        self.waiting = 0
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
 
-    async def acquire(self, backend_name: str) -> None:
-        if self._sem.locked():
-            if self.waiting >= self.max_queue:
-                raise Overloaded(
-                    f"backend {backend_name!r} is at max_concurrent={self.max_concurrent} "
-                    f"with {self.waiting} requests queued (max_queue={self.max_queue})",
-                    retry_after=1,
-                )
-            self.waiting += 1
-            try:
-                await self._sem.acquire()
-            finally:
-                self.waiting -= 1
-        else:
-            await self._sem.acquire()
+    @property
+    def name(self) -> str:
+        return self._backend.name
 
-    def release(self) -> None:
-        self._sem.release()
+    @property
+    def weight(self) -> float:
+        return self._backend.weight
+
+    @property
+    def provider(self) -> str:
+        """The provider's registered name (``openai_compatible``, ``gguf``...)."""
+        return self._backend.config.provider
+
+    @property
+    def config(self) -> BackendConfig:
+        """The backend's config, as loaded (treat it as read-only)."""
+        return self._backend.config
+
+    @property
+    def healthy(self) -> bool | None:
+        """The last health check's verdict (None before the first one)."""
+        return self._backend.healthy
+
+    @property
+    def in_flight(self) -> int:
+        return self._backend.in_flight
+
+    @property
+    def queued(self) -> int:
+        limit = self._backend.limit
+        return limit.waiting if limit is not None else 0
+
+    @property
+    def ewma_ttfb_s(self) -> float | None:
+        """EWMA of the time to the response headers, None until measured."""
+        return self._backend.ewma_ttfb_s
+
+    @property
+    def circuit(self) -> str:
+        return self._backend.circuit.state.value
+
+    @property
+    def models(self) -> Mapping[str, ModelCard]:
+        return types.MappingProxyType(self._backend.models)
+
+    def status(self) -> dict[str, Any]:
+        return self._backend.status()
+
+    def __repr__(self) -> str:
+        return f"<BackendView {self.name!r}>"
+
 
 
 class Backend:
@@ -78,10 +111,12 @@ class Backend:
         self.idle = asyncio.Event()
         self.idle.set()
         self.limit = (
-            ConcurrencyLimit(config.max_concurrent, config.max_queue)
+            Admission(config.max_concurrent, config.max_queue, label=f"backend {config.name!r}")
             if config.max_concurrent
             else None
         )
+        #: What hooks and strategies see of this backend (read-only, built once).
+        self.view = BackendView(self)
 
     def available(self, now: float) -> bool:
         return self.healthy is not False and not self.draining and self.circuit.allows(now)
@@ -104,7 +139,7 @@ class Backend:
         On success the caller owns the slot and must call ``finish`` once the body is done.
         """
         if self.limit is not None:
-            await self.limit.acquire(self.name)
+            await self.limit.acquire()
         self.in_flight += 1
         self.idle.clear()
         self.circuit.acquire()

@@ -1,0 +1,120 @@
+"""The shape of config.yaml: typed dataclasses, one per section, with checked bounds.
+
+``setting(default, ...)`` declares a field whose value the loader checks (with file, key
+and line in the message). ``flatten()`` and ``overrides_of()`` let a provider declare a
+group of keys once and accept it both as backend-level defaults and as per-model
+overrides (see ``plugins.gguf``). Nothing here reads files; ``router.config.loader`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+
+def setting(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, choices: tuple[str, ...] | None = None,
+            help: str | None = None) -> Any:  # noqa: A002 - argparse's name for it
+    """A dataclass field whose value the loader checks (with file, key and line).
+
+    ``help`` documents the key; the worker toolkit also turns such fields into CLI flags.
+    """
+    return dataclasses.field(
+        default=default, metadata={"ge": ge, "gt": gt, "le": le, "choices": choices, "help": help}
+    )
+
+
+bounded = setting  # the name the first plugins used
+
+
+def flatten(cls: type) -> Any:
+    """A field holding a dataclass whose keys are written at this level, not nested:
+    ``n_ctx: 8192`` at the backend level fills ``options.<field>.n_ctx``."""
+    return dataclasses.field(default_factory=cls, metadata={"flatten": cls})
+
+
+def overrides_of(cls: type) -> Any:
+    """A ``dict[str, Any]`` field holding only the keys of ``cls`` written at this level,
+    each checked against ``cls``'s field (type and bounds): per-model overrides of
+    backend-level defaults, applied with ``dataclasses.replace(defaults, **overrides)``."""
+    return dataclasses.field(default_factory=dict, metadata={"overrides_of": cls})
+
+
+def accepted_keys(cls: type) -> set[str]:
+    """The YAML keys a dataclass accepts, flattened groups included."""
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        nested = f.metadata.get("flatten") or f.metadata.get("overrides_of")
+        if nested is not None:
+            keys |= accepted_keys(nested)
+        elif f.init:
+            keys.add(f.name)
+    return keys
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = setting(8400, ge=0, le=65535)
+    admin_key: str | None = dataclasses.field(default=None, repr=False)
+    max_body_mb: float = setting(32.0, gt=0)
+    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+
+
+@dataclasses.dataclass
+class CircuitBreakerConfig:
+    failure_threshold: int = setting(5, ge=1)
+    cooldown_s: float = setting(30.0, ge=0)
+    success_threshold: int = setting(1, ge=1)
+
+
+@dataclasses.dataclass
+class RoutingConfig:
+    strategy: str = "round_robin"
+    discovery_interval_s: float = setting(60.0, gt=0)
+    health_check_interval_s: float = setting(15.0, gt=0)
+    retries: int = setting(2, ge=0)
+    timeout_s: float = setting(600.0, gt=0)
+    sticky_key: str = "auto"
+    model_strategies: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class BackendConfig:
+    name: str
+    provider: str
+    base_url: str | None = None
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    weight: float = setting(1.0, gt=0)
+    max_concurrent: int | None = setting(None, ge=1)
+    max_queue: int = setting(64, ge=0)
+    health_check_path: str = "/v1/models"
+    connect_timeout_s: float = setting(5.0, gt=0)
+    first_byte_timeout_s: float = setting(300.0, gt=0)
+    read_timeout_s: float = setting(120.0, gt=0)
+    headers: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The provider's own keys (an instance of its options_class), validated like the rest.
+    options: Any = None
+    # The config file's directory (not a YAML key): relative paths a provider reads
+    # (model files, say) are relative to it, wherever the router was started from.
+    base_dir: Path | None = dataclasses.field(default=None, repr=False)
+
+    def path(self, value: str) -> Path:
+        """A path from this backend's config, relative ones taken from the config's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir or Path.cwd()) / path
+
+
+@dataclasses.dataclass
+class Config:
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    routing: RoutingConfig = dataclasses.field(default_factory=RoutingConfig)
+    circuit_breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
+    backends: list[BackendConfig] = dataclasses.field(default_factory=list)
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    path: str = "<memory>"
+    base_dir: Path = dataclasses.field(default_factory=Path.cwd)
+
+

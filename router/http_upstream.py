@@ -1,0 +1,117 @@
+"""The shared aiohttp side of talking to an HTTP backend: pooled sessions, lazily read
+responses with an idle watchdog, and aiohttp failures mapped onto the router's errors.
+
+Remote providers (``openai_compatible``) and the local-worker client both reach their
+servers through this module, so a worker on loopback behaves exactly like a remote server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import aiohttp
+
+from router.errors import UpstreamError, UpstreamTimeout
+from router.provider import UpstreamResponse
+from router.routing.deadlines import deadline
+
+
+def pooled_session(connect_timeout_s: float) -> aiohttp.ClientSession:
+    """One pooled session per backend. The first-byte and idle-read limits are applied per
+    phase (around ``send`` and while reading), so the session only bounds connecting.
+    Callers send their own fixed User-Agent (aiohttp would rebuild its default per request)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout_s),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+class IdleWatchdog:
+    """Calls ``on_expire`` once the stream has waited ``timeout`` seconds for data.
+
+    One timer per ``timeout`` period instead of one per chunk (a stream of tokens has
+    thousands of chunks): reading only flips ``waiting`` and, after a chunk, stamps the
+    time. Time the consumer spends with a chunk (writing to a slow client) never counts.
+    """
+
+    __slots__ = ("_loop", "_timeout", "_on_expire", "_last", "_handle", "waiting", "expired")
+
+    def __init__(self, timeout: float, on_expire: Callable[[], object]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._on_expire = on_expire
+        self._last = self._loop.time()
+        self.waiting = False
+        self.expired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._last + timeout, self._check)
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if not self.waiting:
+            self._last = now  # the consumer had the chunk: the wait starts over
+        elif now - self._last >= self._timeout:
+            self.expired = True
+            self._handle = None
+            self._on_expire()
+            return
+        self._handle = self._loop.call_at(self._last + self._timeout, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class AiohttpUpstreamResponse(UpstreamResponse):
+    """An ``aiohttp.ClientResponse`` whose headers are in, read lazily under
+    ``read_timeout`` (the longest silence allowed between two pieces of the body)."""
+
+    __slots__ = ("_response", "_read_timeout", "status", "content_type", "headers")
+
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float) -> None:
+        self._response = response
+        self._read_timeout = read_timeout
+        self.status = response.status
+        self.content_type = response.content_type
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            if self._response.content.is_eof():  # all of it is here already: no timer needed
+                return await self._response.read()
+            async with deadline(self._read_timeout):
+                return await self._response.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no data for read_timeout_s = {self._read_timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"the backend connection failed mid-response: {exc}") from exc
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        response = self._response
+        content = response.content
+        timeout = self._read_timeout
+        watchdog = IdleWatchdog(timeout, response.close)
+        try:
+            while True:
+                watchdog.waiting = True
+                chunk = await content.readany()
+                watchdog.waiting = False
+                if not chunk:
+                    return
+                yield chunk
+                watchdog.touch()
+        except aiohttp.ClientError as exc:
+            if watchdog.expired:
+                raise UpstreamTimeout(f"the stream sent nothing for read_timeout_s = {timeout:g}s") from exc
+            raise UpstreamError(f"the backend connection failed mid-stream: {exc}") from exc
+        finally:
+            watchdog.stop()
+
+    def close(self) -> None:
+        self._response.close()

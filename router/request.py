@@ -1,0 +1,112 @@
+"""``ProxyRequest``: one client request to an OpenAI endpoint, parsed exactly once.
+
+It is what the per-request hooks receive. It exists before the body is parsed, so a
+request rejected for its body (400, 413) or its key (401) is still observed
+(``observe_response``); ``parse`` fills ``payload``, ``model`` and ``stream``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from router import jsonlib
+from router.errors import InvalidRequest
+from router.provider import UpstreamRequest
+
+# Headers a client may send that are meant for the backend too.
+FORWARDED_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
+
+
+class ProxyRequest:
+    __slots__ = (
+        "endpoint", "body", "payload", "model", "target_model", "stream",
+        "request_id", "headers", "started", "identity", "_body_dirty",
+    )
+
+    def __init__(self, endpoint: str, request_id: str, headers: Mapping[str, str],
+                 body: bytes = b"") -> None:
+        #: The OpenAI path below ``/v1`` (``chat/completions``, ``completions``, ``embeddings``).
+        self.endpoint = endpoint
+        self.request_id = request_id
+        self.headers = headers
+        self.body = body
+        self.started = time.monotonic()
+        #: Who sent it, as the ``authenticate`` hook said (None: anonymous).
+        self.identity: Any = None
+        self.payload: dict[str, Any] = {}
+        #: The model the client named ("" until parsed), and after global aliases.
+        self.model = ""
+        self.target_model = ""
+        self.stream = False
+        self._body_dirty = False
+
+    @classmethod
+    def parse(cls, endpoint: str, body: bytes, request_id: str, headers: Mapping[str, str]) -> ProxyRequest:
+        request = cls(endpoint, request_id, headers, body)
+        request.parse_body(body)
+        return request
+
+    def parse_body(self, body: bytes) -> None:
+        """Parse and check the body; raises ``InvalidRequest`` saying what to fix."""
+        self.body = body
+        if not body:
+            raise InvalidRequest("the request body is empty; send a JSON object")
+        try:
+            payload = jsonlib.loads(body)
+        except ValueError as exc:
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
+        stream = payload.get("stream", False)
+        if not isinstance(stream, bool):
+            raise InvalidRequest("'stream' must be true or false", param="stream")
+        self.payload = payload
+        self.model = self.target_model = model
+        self.stream = stream
+
+    def update_payload(self, **fields: Any) -> None:
+        """Change body fields (for plugins); the body is re-serialized once before sending."""
+        self.payload.update(fields)
+        self._body_dirty = True
+
+    def session_key(self, source: str) -> str | None:
+        """The sticky-session key: ``auto`` (user field, else X-Session-ID), ``user``,
+        or ``header:<Name>``."""
+        if source in ("auto", "user"):
+            user = self.payload.get("user")
+            if isinstance(user, str) and user:
+                return user
+            if source == "user":
+                return None
+            return self.headers.get("X-Session-ID") or None
+        if source.startswith("header:"):
+            return self.headers.get(source[7:]) or None
+        return None
+
+    def upstream(self, served_model: str) -> UpstreamRequest:
+        """The request as sent to a backend that calls the model ``served_model``."""
+        body = self.body
+        if served_model != self.model or self._body_dirty:
+            payload = self.payload if served_model == self.payload.get("model") else {
+                **self.payload, "model": served_model
+            }
+            body = jsonlib.dumps(payload)
+        headers = {"X-Request-ID": self.request_id}
+        for name in FORWARDED_HEADERS:
+            value = self.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        return UpstreamRequest(
+            endpoint=self.endpoint,
+            body=body,
+            payload=self.payload,
+            model=served_model,
+            stream=self.stream,
+            request_id=self.request_id,
+            headers=headers,
+        )

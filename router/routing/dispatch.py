@@ -1,0 +1,124 @@
+"""One request to the backends: candidates, strategy, send, failover.
+
+``open_upstream`` resolves the model, narrows the backends that serve it to those
+available now (and the ``filter_backends`` hook's choice), asks the model's strategy for
+one, and sends. A retryable error before any byte reached the client is retried on
+another backend (never one already tried) with tenacity, up to ``routing.retries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_none
+
+from router.errors import ModelNotFound, NoBackendAvailable, Overloaded, RouterError, shown
+from router.provider import UpstreamResponse
+from router.request import ProxyRequest
+from router.routing.backend import Backend
+from router.state import RouterState
+
+
+class Exchange:
+    """A response that has started (from a backend, or an early answer with no backend);
+    ``finish`` must be called exactly once."""
+
+    __slots__ = ("backend", "response", "_done")
+
+    def __init__(self, backend: Backend | None, response: UpstreamResponse) -> None:
+        self.backend = backend
+        self.response = response
+        self._done = False
+
+    def finish(self, ok: bool | None) -> None:
+        if not self._done:
+            self._done = True
+            self.response.close()
+            if self.backend is not None:
+                self.backend.finish(ok)
+
+
+async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
+    """Choose a backend and send; fail over on retryable errors before the first byte."""
+    index = state.index
+    request.target_model = index.resolve(request.model)
+    serving = index.get(request.target_model)
+    if not serving and await state.backends.refresh_for_unknown_model(request.target_model):
+        serving = index.get(request.target_model)
+    if not serving:
+        available = ", ".join(m for m, _, _ in index.served()) or "none"
+        raise ModelNotFound(
+            f"The model {shown(request.model)} does not exist or is not served by any backend. "
+            f"Available models: {available}",
+            param="model",
+        )
+    strategy = index.strategy_for(request.target_model)
+    hooks = state.hooks
+    stats = state.stats
+    tried: set[str] = set()
+    last_error: RouterError | None = None
+    exhausted = False  # no candidate left: the last error is final, never retried
+
+    async def attempt_once() -> Exchange:
+        nonlocal last_error, exhausted
+        if tried:
+            stats.retries += 1
+        now = time.monotonic()
+        candidates = [
+            b.view for b in (index.get(request.target_model) or serving)
+            if b.name not in tried and b.available(now)
+        ]
+        if candidates and hooks.has_filter_backends:
+            candidates = list(await hooks.filter_backends(request, candidates))
+        if not candidates:
+            exhausted = True
+            if last_error is not None:
+                raise last_error
+            raise _no_backend(request, serving, now)
+        backend = strategy.choose(candidates, request)._backend
+        tried.add(backend.name)
+        served_model = backend.config.aliases.get(request.target_model, request.target_model)
+        try:
+            response = await backend.send(request.upstream(served_model))
+        except RouterError as exc:
+            exc.backend = backend.name
+            last_error = exc
+            raise
+        return Exchange(backend, response)
+
+    def retryable(exc: BaseException) -> bool:
+        return isinstance(exc, RouterError) and exc.retryable and not exhausted
+
+    # The first attempt runs without tenacity: building a retry controller costs more
+    # than the rest of the routing, and most requests succeed at once. A retryable
+    # failure hands the remaining ``retries`` attempts to tenacity, after one yield to
+    # the loop.
+    retries = state.config.routing.retries
+    try:
+        return await attempt_once()
+    except RouterError as exc:
+        if not retryable(exc) or retries < 1:
+            raise
+    await asyncio.sleep(0)
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(retries),
+        retry=retry_if_exception(retryable),
+        wait=wait_none(),
+        reraise=True,
+    ):
+        with attempt:
+            return await attempt_once()
+    raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises
+
+
+def _no_backend(request: ProxyRequest, serving: list[Backend], now: float) -> RouterError:
+    reasons = "; ".join(f"{b.name}: {b.unavailable_reason(now)}" for b in serving)
+    waits = [b.circuit.retry_in(now) for b in serving if not b.draining]
+    retry_after = min(waits) if waits and min(waits) > 0 else 5.0
+    if all(b.limit is not None and b.limit.waiting >= b.limit.max_queue for b in serving):
+        return Overloaded(f"every backend for {shown(request.model)} is full: {reasons}", retry_after=1)
+    return NoBackendAvailable(
+        f"no backend can take requests for model {shown(request.model)} right now ({reasons})",
+        retry_after=retry_after,
+    )

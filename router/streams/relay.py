@@ -1,0 +1,145 @@
+"""Relay a response to the client: whole bodies, or streams chunk by chunk.
+
+Without transforms, streams pass through byte for byte as they arrive (nothing is parsed
+or re-encoded, each chunk is written and flushed at once). With transforms
+(``router.streams.transform``), the stream is split into events and each event goes
+through them; bodies are transformed whole. A failure after the stream has started ends
+it with an OpenAI error event, never with a silent cut. A client that goes away closes
+the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from router.errors import RouterError, UpstreamError, UpstreamTimeout
+from router.routing.dispatch import Exchange
+from router.streams.sse import SSESplitter
+from router.streams.transform import TransformChain
+
+log = logging.getLogger("router")
+
+# Upstream headers that describe the upstream connection, not the response.
+_HOP_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Content-Encoding",
+        "Content-Type", "Server", "Date", "Upgrade", "Proxy-Authenticate", "Trailer", "TE",
+        "X-Router-Backend", "X-Request-ID",
+    )
+)
+
+SSE_DONE = b"data: [DONE]\n\n"
+_UPSTREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, UpstreamError)
+
+
+def response_headers(exchange: Exchange, request_id: str) -> dict[str, str]:
+    headers = {
+        name: value
+        for name, value in exchange.response.headers.items()
+        if name.lower() not in _HOP_HEADERS
+    }
+    if exchange.backend is not None:
+        headers["X-Router-Backend"] = exchange.backend.name
+    headers["X-Request-ID"] = request_id
+    return headers
+
+
+async def relay_body(exchange: Exchange, request_id: str, chain: TransformChain | None = None) -> web.Response:
+    response = exchange.response
+    try:
+        body = await response.read()
+    except _UPSTREAM_FAILURES as exc:
+        exchange.finish(ok=False)
+        raise as_router_error(exc) from exc
+    except BaseException:
+        exchange.finish(ok=None)
+        raise
+    exchange.finish(ok=True)
+    if chain is not None:
+        body = chain.body(body, response.content_type)
+    return web.Response(
+        body=body,
+        status=response.status,
+        content_type=response.content_type,
+        headers=response_headers(exchange, request_id),
+    )
+
+
+async def relay_stream(
+    http_request: web.Request, exchange: Exchange, request_id: str, chain: TransformChain | None = None
+) -> web.StreamResponse:
+    response = exchange.response
+    out = web.StreamResponse(status=response.status, headers=response_headers(exchange, request_id))
+    out.content_type = response.content_type or "text/event-stream"
+    out.headers["Cache-Control"] = "no-cache"
+    out.headers["X-Accel-Buffering"] = "no"
+    ok: bool | None = None
+    at_boundary = True
+    splitter = SSESplitter() if chain is not None else None
+    transform_failed = False
+    try:
+        await out.prepare(http_request)
+        chunks = response.iter_chunks()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except _UPSTREAM_FAILURES as exc:
+                ok = False
+                error = as_router_error(exc)
+                log.warning(
+                    "stream from %s failed mid-way (request %s): %s",
+                    exchange.backend.name if exchange.backend else "an early answer", request_id, error.message,
+                )
+                prefix = b"" if at_boundary else b"\n\n"
+                await out.write(prefix + b"data: " + error.body() + b"\n\n" + SSE_DONE)
+                break
+            if splitter is None:
+                await out.write(chunk)
+                at_boundary = chunk.endswith(b"\n\n")
+                continue
+            assert chain is not None
+            try:
+                events = chain.events(splitter.feed(chunk))
+            except Exception as exc:  # noqa: BLE001 - a plugin's bug must not cut the stream silently
+                transform_failed = True  # the backend did nothing wrong
+                await out.write(_transform_failed(exc, request_id))
+                break
+            if events:  # only whole events are written: the client is always at a boundary
+                await out.write(b"".join(e.encode() for e in events))
+        if chain is not None and splitter is not None and ok is None and not transform_failed:
+            try:
+                tail = chain.events(splitter.flush()) + chain.end()
+            except Exception as exc:  # noqa: BLE001
+                await out.write(_transform_failed(exc, request_id))
+            else:
+                if tail:
+                    await out.write(b"".join(e.encode() for e in tail))
+        if ok is None:
+            ok = True
+        await out.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        log.info("client went away mid-stream (request %s); upstream closed", request_id)
+    finally:
+        exchange.finish(ok)  # closes the upstream response: on disconnect, at once
+    return out
+
+
+def _transform_failed(exc: BaseException, request_id: str) -> bytes:
+    log.exception("a response transform failed (request %s)", request_id, exc_info=exc)
+    error = RouterError(f"a response transform failed: {exc}; see the router's log")
+    return b"data: " + error.body() + b"\n\n" + SSE_DONE
+
+
+def as_router_error(exc: BaseException) -> RouterError:
+    if isinstance(exc, RouterError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout("the backend stopped sending (read timeout)")
+    return UpstreamError(f"the backend connection failed mid-response: {exc or type(exc).__name__}")

@@ -1,0 +1,1 @@
+"""The HTTP side: the app factory, middlewares, the route table and the views."""

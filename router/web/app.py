@@ -1,0 +1,54 @@
+"""The aiohttp application factory: ``init_app(config)``.
+
+Backends start in a cleanup context (so they are closed only if they started) before the
+first request is served. The route table is the core's routes (OpenAI endpoints, health,
+admin, metrics) then the plugins' (``register_routes``); a plugin cannot replace a core
+route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pluggy
+from aiohttp import web
+
+from router.config.schema import Config
+from router.plugins import make_plugin_manager
+from router.registry import Registry
+from router.state import RouterState
+from router.web import admin, health, metrics, openai
+from router.web.middlewares import STATE, auth_middleware, error_middleware
+from router.web.routes import ROUTES, Route, add_routes
+
+
+def core_routes() -> list[Route]:
+    return [*openai.routes(), *health.routes(), *metrics.routes(), *admin.routes()]
+
+
+def init_app(
+    config: Config, pm: pluggy.PluginManager | None = None, registry: Registry | None = None
+) -> web.Application:
+    state = RouterState(config, pm or make_plugin_manager(), registry)
+    middlewares = [error_middleware]
+    if state.hooks.has_authenticate:
+        middlewares.append(auth_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=int(config.server.max_body_mb * 1024 * 1024))
+    app[STATE] = state
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await state.start()
+        yield
+        await state.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    routes = core_routes()
+    taken = {(r.method, r.path) for r in routes}
+    for route in state.hooks.routes(state.view):
+        if (route.method, route.path) in taken:
+            raise ValueError(f"a plugin tried to replace the route {route.method} {route.path}")
+        taken.add((route.method, route.path))
+        routes.append(route)
+    add_routes(app, routes)
+    app[ROUTES] = routes
+    return app

@@ -1,0 +1,116 @@
+"""The OpenAI endpoints: ``POST /v1/chat/completions``, ``/v1/completions``,
+``/v1/embeddings`` (one handler each, built by ``proxy_handler``) and ``/v1/models``.
+
+One request, in order: authenticate (hook) → read and parse the body once → prepare
+(hook) → early answer (hook) or ``routing.dispatch.open_upstream`` → transforms (hook) →
+``streams.relay`` → observe (hook). Every hook is skipped for free when no plugin
+implements it, and without transforms the relay is zero-copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from router.errors import ModelNotFound, RouterError, UpstreamTimeout, shown
+from router.request import ProxyRequest
+from router.routing.deadlines import deadline
+from router.routing.dispatch import Exchange, open_upstream
+from router.state import RouterState
+from router.streams.relay import relay_body, relay_stream
+from router.streams.transform import TransformChain
+from router.web.middlewares import STATE, body_too_large, json_response, request_id_of
+from router.web.routes import Handler, Route, openai_routes
+
+
+def proxy_handler(endpoint: str) -> Handler:
+    async def view(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        hooks = state.hooks
+        proxy_request = ProxyRequest(endpoint, request_id_of(request), request.headers)
+        state.stats.requests += 1
+        status = 500
+        exchange: Exchange | None = None
+        try:
+            if hooks.has_authenticate:
+                proxy_request.identity = await hooks.authenticate(request, state.view)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge as exc:
+                raise body_too_large(request, exc) from exc
+            proxy_request.parse_body(body)
+            if hooks.has_prepare_request:
+                await hooks.prepare_request(proxy_request)
+            try:
+                async with deadline(state.config.routing.timeout_s):
+                    answer = await hooks.answer_request(proxy_request) if hooks.has_answer_request else None
+                    exchange = Exchange(None, answer) if answer is not None else await open_upstream(state, proxy_request)
+                    chain = await _transforms(state, proxy_request, exchange) if hooks.has_transform_response else None
+                    if exchange.response.content_type != "text/event-stream":
+                        response = await relay_body(exchange, proxy_request.request_id, chain)
+                        status = response.status
+                        return response
+            except TimeoutError as exc:
+                raise UpstreamTimeout(
+                    f"no response within routing.timeout_s = {state.config.routing.timeout_s:g}s"
+                ) from exc
+            stream_response = await relay_stream(request, exchange, proxy_request.request_id, chain)
+            status = stream_response.status
+            return stream_response
+        except RouterError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client closed the request (nginx's convention)
+            raise
+        finally:
+            state.stats.finished(status)
+            if exchange is not None:
+                exchange.finish(None)  # no-op unless something above failed before finishing
+            if hooks.has_observe_response:
+                backend = exchange.backend.view if exchange is not None and exchange.backend else None
+                await hooks.observe_response(
+                    proxy_request, backend, status, time.monotonic() - proxy_request.started
+                )
+
+    view.__name__ = f"proxy_{endpoint.replace('/', '_')}"
+    view.authenticates = True  # type: ignore[attr-defined]  # see middlewares.auth_middleware
+    return view
+
+
+async def _transforms(state: RouterState, request: ProxyRequest, exchange: Exchange) -> TransformChain | None:
+    response = exchange.response
+    backend = exchange.backend.view if exchange.backend is not None else None
+    transforms = await state.hooks.transform_response(request, backend, response.status, response.content_type)
+    return TransformChain(transforms) if transforms else None
+
+
+def model_list(state: RouterState) -> list[dict[str, object]]:
+    out = []
+    for model_id, card, backends in state.index.served():
+        extra: dict[str, object] = dict(card.extra) if card else {}
+        extra["backends"] = [b.name for b in backends]
+        if card is None:
+            extra["root"] = state.index.resolve(model_id)
+        out.append({"id": model_id, "object": "model", "created": card.created if card else 0,
+                    "owned_by": card.owned_by if card else "router", **extra})
+    return out
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return json_response({"object": "list", "data": model_list(request.app[STATE])})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["model"]
+    for entry in model_list(request.app[STATE]):
+        if entry["id"] == model_id:
+            return json_response(entry)
+    raise ModelNotFound(f"The model {shown(model_id)} does not exist", param="model")
+
+
+def routes() -> list[Route]:
+    return [*openai_routes(proxy_handler, list_models),
+            Route("GET", "/v1/models/{model:.+}", get_model, "one model")]

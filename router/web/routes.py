@@ -1,0 +1,45 @@
+"""Routes as data: one table per app, so the router, the local-worker server and the fake
+upstream of ``router.testing`` serve the same OpenAI endpoints from one list, plugins add
+routes the same way (``register_routes``), and an OpenAPI document can be read off it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: The OpenAI endpoints that take a JSON body and may stream, as paths below ``/v1``.
+OPENAI_ENDPOINTS: tuple[str, ...] = ("chat/completions", "completions", "embeddings")
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One HTTP route: ``method`` and ``path`` as aiohttp takes them (``{name}`` and
+    ``{name:regex}`` placeholders), the handler, and a one-line summary for docs."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str = ""
+
+
+def openai_routes(endpoint_handler: Callable[[str], Handler], list_models: Handler) -> list[Route]:
+    """The OpenAI endpoints: ``POST /v1/<endpoint>`` for each of ``OPENAI_ENDPOINTS``
+    (``endpoint_handler(endpoint)`` builds each handler) and ``GET /v1/models``."""
+    routes = [Route("POST", f"/v1/{endpoint}", endpoint_handler(endpoint), f"OpenAI {endpoint}")
+              for endpoint in OPENAI_ENDPOINTS]
+    routes.append(Route("GET", "/v1/models", list_models, "the models served"))
+    return routes
+
+
+def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
+    for route in routes:
+        app.router.add_route(route.method, route.path, route.handler)
+
+
+#: The app's route table, kept on the app for whoever documents it (OpenAPI, /ui).
+ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
