@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -135,9 +137,97 @@ def test_hook_observe_response(echo_router):
     client.chat.completions.create(model="echo-1", messages=[], extra_body={"echo_backend": "b-echo"})
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="missing", messages=[])
+    # Rejected requests are observed too: a body that is not JSON, and one refused by
+    # the authenticate hook (before its body is read).
+    assert post(router, b"{not json")[0] == 400
+    assert post(router, b"{}", headers={"X-Echo-Deny": "1"})[0] == 401
     responses = [e for e in events(log) if e["event"] == "response"]
     assert [(e["model"], e["status"], e["backend"]) for e in responses] == [
-        ("echo-1", 200, "b-echo"), ("missing", 404, None)]
+        ("echo-1", 200, "b-echo"), ("missing", 404, None), ("", 400, None), ("", 401, None)]
+
+
+def post(router, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{router.url}/v1/chat/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_hook_authenticate(echo_router):
+    router, _, log = echo_router
+    status, body = post(router, b"{}", headers={"X-Echo-Deny": "1"})
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    assert "X-Echo-Deny" in body["error"]["message"]
+    # Routes other than the OpenAI endpoints are authenticated too (in a middleware).
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{router.url}/v1/models", headers={"X-Echo-Deny": "1"}))
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    else:
+        raise AssertionError("GET /v1/models with X-Echo-Deny was not refused")
+    body_ok = json.dumps({"model": "echo-1", "messages": [], "echo_backend": "b-echo"}).encode()
+    assert post(router, body_ok, headers={"X-Echo-User": "ada"})[0] == 200
+    assert post(router, body_ok)[0] == 200
+    identities = [e["identity"] for e in events(log) if e["event"] == "response"]
+    assert identities[-2:] == ["ada", None]
+
+
+def test_hook_answer_request(echo_router):
+    router, up, _ = echo_router
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+    reply = client.chat.completions.with_raw_response.create(
+        model="echo-1", messages=[{"role": "user", "content": "hi"}], extra_body={"echo_cached": True})
+    assert reply.parse().choices[0].message.content == "cached answer"
+    assert "X-Router-Backend" not in reply.headers and up.requests == []
+
+
+def test_hook_transform_response(echo_router):
+    router, _, _ = echo_router
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
+    pinned = {"echo_backend": "b-echo", "echo_upper": True}
+    whole = client.chat.completions.create(
+        model="echo-1", messages=[{"role": "user", "content": "quiet words"}], extra_body=pinned)
+    assert whole.choices[0].message.content == "ECHO: QUIET WORDS"
+    stream = client.chat.completions.create(
+        model="echo-1", messages=[{"role": "user", "content": "one two"}], stream=True, extra_body=pinned)
+    assert "".join(c.choices[0].delta.content for c in stream) == "ECHO: ONE TWO "
+    # Without the flag the same request is untouched (the zero-copy path).
+    plain = client.chat.completions.create(
+        model="echo-1", messages=[{"role": "user", "content": "quiet"}], extra_body={"echo_backend": "b-echo"})
+    assert plain.choices[0].message.content == "echo: quiet"
+
+
+def test_hook_register_routes(echo_router):
+    router, _, _ = echo_router
+    with urllib.request.urlopen(f"{router.url}/echo/stats", timeout=10) as response:
+        assert json.loads(response.read()) == {"backends": ["a-real", "b-echo"], "models": ["echo-1"]}
+
+
+def test_hook_register_commands(example_plugin_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([example_plugin_path, str(ROOT)]),
+           "ROUTER_LOAD_PLUGINS": ",".join([*DEFAULT_PLUGINS, "echo"])}
+    result = subprocess.run([sys.executable, "-m", "router", "echo-say", "hello", "there"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "echo: hello there\n"
+    helped = subprocess.run([sys.executable, "-m", "router", "--help"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert "echo-say" in helped.stdout
+
+
+def test_hook_register_workers():
+    # The gguf plugin registers its standalone worker through the hook; the core's
+    # "worker" command finds it by the --provider name.
+    result = subprocess.run([sys.executable, "-m", "router", "worker", "--provider", "gguf", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--model" in result.stdout and "--n-ctx" in result.stdout
+    unknown = subprocess.run([sys.executable, "-m", "router", "worker", "--provider", "nope"],
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "gguf" in unknown.stderr
 
 
 def test_hook_startup(echo_router):
