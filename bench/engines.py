@@ -20,9 +20,10 @@ from typing import Any
 
 
 def _provider_names() -> set[str]:
-    from router.plugins import make_plugin_manager, providers
+    from router.plugins import make_plugin_manager
+    from router.registry import Registry
 
-    return set(providers(make_plugin_manager()))
+    return set(Registry.collect(make_plugin_manager()).providers)
 
 
 def availability() -> tuple[bool, str]:
