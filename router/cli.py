@@ -44,15 +44,34 @@ def _setup_logging(level: str) -> None:
 
 async def _serve(config: Config, pm: pluggy.PluginManager, registry: Registry) -> None:
     from router.serving import serve_app
-    from router.web.app import init_app
+    from router.web.app import connection_limits, init_app
 
     app = init_app(config, pm, registry)
     access_log = logging.getLogger("aiohttp.access") if config.server.log_level == "debug" else None
 
     def ready(port: int) -> None:
         print(f"Router listening on http://{config.server.host}:{port}", flush=True)
+        print(OPEN_NOTICE, flush=True)
+        if not _is_loopback(config.server.host):
+            log.warning("bound to %s, not a loopback address: %s", config.server.host, OPEN_NOTICE)
 
-    await serve_app(app, config.server.host, config.server.port, on_listening=ready, access_log=access_log)
+    await serve_app(app, config.server.host, config.server.port, on_listening=ready, access_log=access_log,
+                    limits=connection_limits(config))
+
+
+OPEN_NOTICE = ("The router has no client authentication: anyone who can reach this port "
+               "uses the backends (and their API keys).")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or "" / "0.0.0.0"-like wildcards: assume reachable
 
 
 def cmd_serve(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:

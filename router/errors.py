@@ -4,6 +4,7 @@
     ├── InvalidRequest               400  client's fault, never retried
     │   ├── ContextLengthExceeded    400  the prompt does not fit the model's context
     │   ├── PayloadTooLarge          413  the body is over server.max_body_mb
+    │   ├── RequestTimeout           408  the body took longer than server.body_timeout_s
     │   ├── MethodNotAllowed         405
     │   └── Conflict                 409  e.g. a backend name that exists already
     ├── AuthenticationFailed         401
@@ -16,6 +17,8 @@
         ├── UpstreamUnreachable      502  connection refused / reset before the first byte
         ├── UpstreamTimeout          504  connect or first-byte timeout
         ├── UpstreamHTTPError        the upstream's own status; retryable for 408/429/5xx
+        ├── StreamIncomplete         502  a stream ended without [DONE] or a finish reason
+        ├── ResponseTooLarge         502  a body over server.max_response_mb (not retried)
         ├── ModelLoadFailed          500  a local worker could not load its model
         └── WorkerCrashed            502  a local worker died while handling the request
 
@@ -28,6 +31,8 @@ Failover reads ``retryable``; it never matches on message text.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 from typing import Any
 
 from router import jsonlib
@@ -105,6 +110,11 @@ class ContextLengthExceeded(InvalidRequest):
         self.limit = limit
 
 
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
 class MethodNotAllowed(InvalidRequest):
     status = 405
     code = "method_not_allowed"
@@ -180,6 +190,19 @@ class ModelLoadFailed(UpstreamError):
     code = "model_load_failed"
 
 
+class StreamIncomplete(UpstreamError):
+    """The upstream ended a stream without ``data: [DONE]`` or a finish reason."""
+
+    code = "upstream_stream_incomplete"
+
+
+class ResponseTooLarge(UpstreamError):
+    """The upstream's body is over ``server.max_response_mb``: retrying elsewhere would not help."""
+
+    code = "upstream_response_too_large"
+    retryable = False
+
+
 class WorkerCrashed(UpstreamError):
     status = 502
     code = "worker_crashed"
@@ -234,10 +257,17 @@ def shown(name: str, limit: int = 200) -> str:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are ignored)."""
+    """Seconds from a Retry-After header: delta-seconds, or an HTTP date (RFC 9110)."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())

@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 
-from router.errors import UpstreamError, UpstreamTimeout
+from router.errors import ResponseTooLarge, UpstreamError, UpstreamTimeout
 from router.provider import UpstreamResponse
-from router.routing.deadlines import deadline
 
 
 def pooled_session(connect_timeout_s: float) -> aiohttp.ClientSession:
@@ -26,6 +25,12 @@ def pooled_session(connect_timeout_s: float) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout_s),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
+    )
+
+
+def too_large(limit: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"the backend's response is larger than server.max_response_mb = {limit / (1024 * 1024):g} MB"
     )
 
 
@@ -81,16 +86,28 @@ class AiohttpUpstreamResponse(UpstreamResponse):
         self.content_type = response.content_type
         self.headers: Mapping[str, str] = response.headers
 
-    async def read(self) -> bytes:
-        try:
-            if self._response.content.is_eof():  # all of it is here already: no timer needed
-                return await self._response.read()
-            async with deadline(self._read_timeout):
-                return await self._response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"no data for read_timeout_s = {self._read_timeout:g}s") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the backend connection failed mid-response: {exc}") from exc
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body, with ``read_timeout`` as the longest silence between two pieces
+        of it (as for streams, not a total), and at most ``limit`` bytes."""
+        response = self._response
+        length = response.content_length
+        if limit is not None and length is not None and length > limit:
+            response.close()
+            raise too_large(limit)
+        if response.content.is_eof():  # all of it is here already: no watchdog needed
+            try:
+                return await response.read()
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"the backend connection failed mid-response: {exc}") from exc
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.iter_chunks():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                response.close()
+                raise too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         response = self._response
@@ -103,7 +120,7 @@ class AiohttpUpstreamResponse(UpstreamResponse):
                 chunk = await content.readany()
                 watchdog.waiting = False
                 if not chunk:
-                    return
+                    break
                 yield chunk
                 watchdog.touch()
         except aiohttp.ClientError as exc:
@@ -112,6 +129,8 @@ class AiohttpUpstreamResponse(UpstreamResponse):
             raise UpstreamError(f"the backend connection failed mid-stream: {exc}") from exc
         finally:
             watchdog.stop()
+        if watchdog.expired:  # closed by the watchdog between two reads: no error was raised
+            raise UpstreamTimeout(f"the backend sent nothing for read_timeout_s = {timeout:g}s")
 
     def close(self) -> None:
         self._response.close()

@@ -66,8 +66,8 @@ class UpstreamResponse(abc.ABC):
     headers: Mapping[str, str]
 
     @abc.abstractmethod
-    async def read(self) -> bytes:
-        """The whole body."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; past ``limit`` bytes, raise ``router.errors.ResponseTooLarge``."""
 
     @abc.abstractmethod
     def iter_chunks(self) -> AsyncIterator[bytes]:
@@ -89,8 +89,13 @@ class StaticResponse(UpstreamResponse):
         self.headers = dict(headers or {})
         self._chunks = [body] if isinstance(body, bytes) else list(body)
 
-    async def read(self) -> bytes:
-        return b"".join(self._chunks)
+    async def read(self, limit: int | None = None) -> bytes:
+        body = b"".join(self._chunks)
+        if limit is not None and len(body) > limit:
+            from router.errors import ResponseTooLarge
+
+            raise ResponseTooLarge(f"the response body is over {limit} bytes")
+        return body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         for chunk in self._chunks:

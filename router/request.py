@@ -65,6 +65,7 @@ class ProxyRequest:
         stream = payload.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequest("'stream' must be true or false", param="stream")
+        check_shape(self.endpoint, payload)
         self.payload = payload
         self.model = self.target_model = model
         self.stream = stream
@@ -95,7 +96,10 @@ class ProxyRequest:
             payload = self.payload if served_model == self.payload.get("model") else {
                 **self.payload, "model": served_model
             }
-            body = jsonlib.dumps(payload)
+            try:
+                body = jsonlib.dumps(payload)
+            except ValueError as exc:  # e.g. a lone surrogate, legal in JSON, not in UTF-8
+                raise InvalidRequest(f"the request cannot be sent on as UTF-8 JSON: {exc}") from exc
         headers = {"X-Request-ID": self.request_id}
         for name in FORWARDED_HEADERS:
             value = self.headers.get(name)
@@ -110,3 +114,22 @@ class ProxyRequest:
             request_id=self.request_id,
             headers=headers,
         )
+
+
+def check_shape(endpoint: str, payload: dict[str, Any]) -> None:
+    """The minimal checks before routing, each naming its ``param``; everything else
+    passes through untouched for the backend to judge."""
+    if endpoint == "chat/completions":
+        messages = payload.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("'messages' must be a non-empty list of message objects", param="messages")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise InvalidRequest(f"messages[{i}] must be an object with a role and content",
+                                     param=f"messages[{i}]")
+    elif endpoint == "completions":
+        if "prompt" not in payload:
+            raise InvalidRequest("'prompt' is required (a string or a list of strings)", param="prompt")
+    elif endpoint == "embeddings":
+        if "input" not in payload:
+            raise InvalidRequest("'input' is required (a string or a list of strings)", param="input")

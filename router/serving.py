@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from router.web.connections import ConnectionLimits, GuardedAppRunner
+
 
 def bound_port(site: web.TCPSite, asked: int) -> int:
     """The port a site listens on (the OS's choice when ``asked`` was 0)."""
@@ -27,12 +29,18 @@ async def serve_app(
     access_log: logging.Logger | None = None,
     backlog: int = 1024,
     stop: asyncio.Event | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then clean up (the app's cleanup contexts
     run). ``on_listening(port)`` is called once the socket is bound and the signal
     handlers are installed, so a stop sent right after it is graceful. Setting ``stop``
-    (an event of the caller's) ends serving too."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=access_log)
+    (an event of the caller's) ends serving too. With ``limits``, connections are guarded
+    (header, write and keep-alive timeouts; ``router.web.connections``)."""
+    runner = (
+        web.AppRunner(app, handler_cancellation=True, access_log=access_log)
+        if limits is None
+        else GuardedAppRunner(app, limits, handler_cancellation=True, access_log=access_log)
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, backlog=backlog)

@@ -34,7 +34,8 @@ from router.config.loader import parse_config
 from router.config.schema import Config
 from router.plugins import make_plugin_manager
 from router.registry import Registry
-from router.web.app import init_app
+from router.web.app import connection_limits, init_app
+from router.web.connections import GuardedAppRunner
 from router.web.routes import Handler, add_routes, openai_routes
 
 
@@ -316,7 +317,7 @@ class RouterServer:
         self.port = port or 0
         self.plugins = plugins
         self.records: list[str] = []
-        self._runner: web.AppRunner | None = None
+        self._runner: GuardedAppRunner | None = None
         self._handler: logging.Handler | None = None
 
     @property
@@ -337,7 +338,8 @@ class RouterServer:
         registry = Registry.collect(pm)
         config = load_config(self.config_path, registry.providers, registry.strategies)
         self._capture_logs()
-        self._runner = web.AppRunner(init_app(config, pm, registry), handler_cancellation=True, access_log=None)
+        self._runner = GuardedAppRunner(init_app(config, pm, registry), connection_limits(config),
+                                        handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()

@@ -59,6 +59,11 @@ class ServerConfig:
     port: int = setting(8400, ge=0, le=65535)
     admin_key: str | None = dataclasses.field(default=None, repr=False)
     max_body_mb: float = setting(32.0, gt=0)
+    max_response_mb: float = setting(64.0, gt=0)
+    header_timeout_s: float = setting(10.0, gt=0)
+    body_timeout_s: float = setting(30.0, gt=0)
+    keepalive_timeout_s: float = setting(75.0, gt=0)
+    write_timeout_s: float = setting(60.0, gt=0)
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
 
 

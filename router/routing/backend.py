@@ -27,6 +27,7 @@ from router.routing.deadlines import deadline
 from router.routing.limits import Admission
 
 EWMA_ALPHA = 0.3
+ERROR_BODY_LIMIT = 1 << 20  # an upstream's error body is read up to 1 MiB
 DEFAULT_429_COOLDOWN_S = 1.0
 
 
@@ -103,6 +104,11 @@ class Backend:
         self.healthy: bool | None = None  # None until the first check
         self.last_error: str | None = None
         self.in_flight = 0
+        #: In flight plus waiting in the queue: what draining waits for.
+        self.pending = 0
+        #: Served model -> monotonic time until which an upstream Retry-After keeps it
+        #: off this backend (a 429 for one model says nothing about the others).
+        self.model_cooldowns: dict[str, float] = {}
         self.served = 0
         self.failed = 0
         self.ewma_ttfb_s: float | None = None
@@ -121,13 +127,29 @@ class Backend:
     def available(self, now: float) -> bool:
         return self.healthy is not False and not self.draining and self.circuit.allows(now)
 
-    def unavailable_reason(self, now: float) -> str:
+    def cooling(self, model: str, now: float) -> float:
+        """Seconds this backend still keeps ``model`` off after a Retry-After (0: none)."""
+        until = self.model_cooldowns.get(model)
+        if until is None:
+            return 0.0
+        if until <= now:
+            del self.model_cooldowns[model]
+            return 0.0
+        return until - now
+
+    def cool_down(self, model: str, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        self.model_cooldowns[model] = max(until, self.model_cooldowns.get(model, 0.0))
+
+    def unavailable_reason(self, now: float, model: str | None = None) -> str:
         if self.draining:
             return "draining"
         if self.healthy is False:
             return f"unhealthy ({self.last_error or 'health check failed'})"
         if now < self.circuit.cooled_until:
             return f"cooling down for {self.circuit.cooled_until - now:.1f}s"
+        if model is not None and (wait := self.cooling(model, now)):
+            return f"cooling down {model!r} for {wait:.1f}s (Retry-After)"
         if self.circuit.state is not CircuitState.CLOSED:
             return f"circuit {self.circuit.state.value}"
         return "available"
@@ -138,10 +160,15 @@ class Backend:
 
         On success the caller owns the slot and must call ``finish`` once the body is done.
         """
-        if self.limit is not None:
-            await self.limit.acquire()
-        self.in_flight += 1
+        self.pending += 1
         self.idle.clear()
+        if self.limit is not None:
+            try:
+                await self.limit.acquire()
+            except BaseException:  # full, or cancelled while queued
+                self._unpend()
+                raise
+        self.in_flight += 1
         self.circuit.acquire()
         started = time.monotonic()
         try:
@@ -163,7 +190,7 @@ class Backend:
             raise
         if response.status >= 400:
             try:
-                body = await response.read()
+                body = await response.read(ERROR_BODY_LIMIT)
             except Exception:  # noqa: BLE001 - the status already tells what happened
                 body = b""
             finally:
@@ -175,11 +202,11 @@ class Backend:
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
             if response.status == 429:
-                self.circuit.cool_down(error.retry_after or DEFAULT_429_COOLDOWN_S)
+                self.cool_down(request.model, error.retry_after or DEFAULT_429_COOLDOWN_S)
                 self._release(ok=None)
             elif error.retryable:
                 if error.retry_after:
-                    self.circuit.cool_down(error.retry_after)
+                    self.cool_down(request.model, error.retry_after)
                 self.last_error = error.message
                 self._release(ok=False)
             else:  # the client's fault: the backend itself is fine
@@ -206,7 +233,11 @@ class Backend:
             self.circuit.record_failure()
         else:
             self.circuit.release_trial()
-        if self.in_flight == 0:
+        self._unpend()
+
+    def _unpend(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
             self.idle.set()
 
     def status(self) -> dict[str, Any]:
@@ -230,5 +261,6 @@ class Backend:
             "last_error": self.last_error,
             "models": sorted(self.models),
             "draining": self.draining,
+            "cooling": {m: round(w, 1) for m in list(self.model_cooldowns) if (w := self.cooling(m, now))},
             **({"provider_status": s} if (s := self.provider.status()) else {}),
         }

@@ -65,9 +65,11 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         if tried:
             stats.retries += 1
         now = time.monotonic()
+        target = request.target_model
         candidates = [
-            b.view for b in (index.get(request.target_model) or serving)
+            b.view for b in (index.get(target) or serving)
             if b.name not in tried and b.available(now)
+            and not (b.model_cooldowns and b.cooling(b.config.aliases.get(target, target), now))
         ]
         if candidates and hooks.has_filter_backends:
             candidates = list(await hooks.filter_backends(request, candidates))
@@ -113,8 +115,10 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
 
 
 def _no_backend(request: ProxyRequest, serving: list[Backend], now: float) -> RouterError:
-    reasons = "; ".join(f"{b.name}: {b.unavailable_reason(now)}" for b in serving)
-    waits = [b.circuit.retry_in(now) for b in serving if not b.draining]
+    target = request.target_model
+    served = {b.name: b.config.aliases.get(target, target) for b in serving}
+    reasons = "; ".join(f"{b.name}: {b.unavailable_reason(now, served[b.name])}" for b in serving)
+    waits = [max(b.circuit.retry_in(now), b.cooling(served[b.name], now)) for b in serving if not b.draining]
     retry_after = min(waits) if waits and min(waits) > 0 else 5.0
     if all(b.limit is not None and b.limit.waiting >= b.limit.max_queue for b in serving):
         return Overloaded(f"every backend for {shown(request.model)} is full: {reasons}", retry_after=1)

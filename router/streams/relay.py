@@ -16,7 +16,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from router.errors import RouterError, UpstreamError, UpstreamTimeout
+from router.errors import RouterError, StreamIncomplete, UpstreamError, UpstreamTimeout
 from router.routing.dispatch import Exchange
 from router.streams.sse import SSESplitter
 from router.streams.transform import TransformChain
@@ -34,6 +34,9 @@ _HOP_HEADERS = frozenset(
 )
 
 SSE_DONE = b"data: [DONE]\n\n"
+_TAIL = 32
+_FINISH_COMPACT = b'"finish_reason":"'
+_FINISH_SPACED = b'"finish_reason": "'
 _UPSTREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, UpstreamError)
 
 
@@ -49,10 +52,11 @@ def response_headers(exchange: Exchange, request_id: str) -> dict[str, str]:
     return headers
 
 
-async def relay_body(exchange: Exchange, request_id: str, chain: TransformChain | None = None) -> web.Response:
+async def relay_body(exchange: Exchange, request_id: str, chain: TransformChain | None = None,
+                     limit: int | None = None) -> web.Response:
     response = exchange.response
     try:
-        body = await response.read()
+        body = await response.read(limit)
     except _UPSTREAM_FAILURES as exc:
         exchange.finish(ok=False)
         raise as_router_error(exc) from exc
@@ -80,6 +84,10 @@ async def relay_stream(
     out.headers["X-Accel-Buffering"] = "no"
     ok: bool | None = None
     at_boundary = True
+    # Whether the stream ended properly: "data: [DONE]" last (it may be split across
+    # chunks, so the tail of the last chunks is kept), or at least a finish reason seen.
+    tail = b""
+    finished = False
     splitter = SSESplitter() if chain is not None else None
     transform_failed = False
     try:
@@ -97,9 +105,11 @@ async def relay_stream(
                     "stream from %s failed mid-way (request %s): %s",
                     exchange.backend.name if exchange.backend else "an early answer", request_id, error.message,
                 )
-                prefix = b"" if at_boundary else b"\n\n"
-                await out.write(prefix + b"data: " + error.body() + b"\n\n" + SSE_DONE)
+                await out.write(_error_event(error, at_boundary))
                 break
+            if not finished and (_FINISH_COMPACT in chunk or _FINISH_SPACED in chunk):
+                finished = True
+            tail = (tail + chunk)[-_TAIL:] if len(chunk) < _TAIL else chunk[-_TAIL:]
             if splitter is None:
                 await out.write(chunk)
                 at_boundary = chunk.endswith(b"\n\n")
@@ -113,14 +123,30 @@ async def relay_stream(
                 break
             if events:  # only whole events are written: the client is always at a boundary
                 await out.write(b"".join(e.encode() for e in events))
-        if chain is not None and splitter is not None and ok is None and not transform_failed:
-            try:
-                tail = chain.events(splitter.flush()) + chain.end()
-            except Exception as exc:  # noqa: BLE001
-                await out.write(_transform_failed(exc, request_id))
-            else:
-                if tail:
-                    await out.write(b"".join(e.encode() for e in tail))
+        if ok is None and not transform_failed:
+            done = tail.rstrip().endswith(b"[DONE]")
+            if chain is not None and splitter is not None:
+                try:
+                    closing = chain.events(splitter.flush()) + chain.end()
+                except Exception as exc:  # noqa: BLE001
+                    transform_failed = True
+                    await out.write(_transform_failed(exc, request_id))
+                else:
+                    if closing:
+                        await out.write(b"".join(e.encode() for e in closing))
+                    at_boundary = True
+            if not done and not transform_failed:
+                if finished:  # some servers omit [DONE] after a proper finish: add it
+                    await out.write((b"" if at_boundary else b"\n\n") + SSE_DONE)
+                else:
+                    ok = False
+                    error = StreamIncomplete(
+                        "the backend ended the stream before it was complete (no finish_reason "
+                        "and no data: [DONE]); the answer above is cut short"
+                    )
+                    log.warning("stream from %s ended incomplete (request %s)",
+                                exchange.backend.name if exchange.backend else "an early answer", request_id)
+                    await out.write(_error_event(error, at_boundary))
         if ok is None:
             ok = True
         await out.write_eof()
@@ -129,6 +155,11 @@ async def relay_stream(
     finally:
         exchange.finish(ok)  # closes the upstream response: on disconnect, at once
     return out
+
+
+def _error_event(error: RouterError, at_boundary: bool) -> bytes:
+    prefix = b"" if at_boundary else b"\n\n"
+    return prefix + b"data: " + error.body() + b"\n\n" + SSE_DONE
 
 
 def _transform_failed(exc: BaseException, request_id: str) -> bytes:

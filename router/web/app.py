@@ -18,8 +18,15 @@ from router.plugins import make_plugin_manager
 from router.registry import Registry
 from router.state import RouterState
 from router.web import admin, health, metrics, openai
+from router.web.connections import ConnectionLimits
 from router.web.middlewares import STATE, auth_middleware, error_middleware
 from router.web.routes import ROUTES, Route, add_routes
+
+
+def connection_limits(config: Config) -> ConnectionLimits:
+    server = config.server
+    return ConnectionLimits(header_timeout_s=server.header_timeout_s, write_timeout_s=server.write_timeout_s,
+                            keepalive_timeout_s=server.keepalive_timeout_s)
 
 
 def core_routes() -> list[Route]:

@@ -1,5 +1,6 @@
-"""Request ids, JSON responses, and the error middleware: every error, from the router or
-from aiohttp's routing, leaves in OpenAI's envelope with ``X-Request-ID``."""
+"""Request ids, JSON responses, and the error middleware: every answer carries
+``X-Request-ID``, and every error, from the router or from aiohttp's routing, leaves in
+OpenAI's envelope."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def body_too_large(request: web.Request, exc: web.HTTPRequestEntityTooLarge) -> 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
     except RouterError as exc:
         return error_response(exc, request_id_of(request))
     except web.HTTPRequestEntityTooLarge as exc:
@@ -81,6 +82,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error on %s %s", request.method, request.path)
         error = RouterError("internal router error; see the router's log")
         return error_response(error, request_id_of(request))
+    # Every answer carries its request id (streams set it before they start).
+    if not response.prepared and "X-Request-ID" not in response.headers:
+        response.headers["X-Request-ID"] = request_id_of(request)
+    return response
 
 
 @web.middleware

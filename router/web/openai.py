@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from router.errors import ModelNotFound, RouterError, UpstreamTimeout, shown
+from router.errors import ModelNotFound, RequestTimeout, RouterError, UpstreamTimeout, shown
 from router.request import ProxyRequest
 from router.routing.deadlines import deadline
 from router.routing.dispatch import Exchange, open_upstream
@@ -28,34 +28,33 @@ from router.web.routes import Handler, Route, openai_routes
 def proxy_handler(endpoint: str) -> Handler:
     async def view(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
+        max_response = int(state.config.server.max_response_mb * 1024 * 1024)
         hooks = state.hooks
         proxy_request = ProxyRequest(endpoint, request_id_of(request), request.headers)
         state.stats.requests += 1
         status = 500
         exchange: Exchange | None = None
+        routing_timeout = state.config.routing.timeout_s
         try:
             if hooks.has_authenticate:
                 proxy_request.identity = await hooks.authenticate(request, state.view)
             try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge as exc:
-                raise body_too_large(request, exc) from exc
-            proxy_request.parse_body(body)
-            if hooks.has_prepare_request:
-                await hooks.prepare_request(proxy_request)
-            try:
-                async with deadline(state.config.routing.timeout_s):
+                # routing.timeout_s bounds the whole request up to the response headers,
+                # reading the client's body included.
+                async with deadline(routing_timeout):
+                    body = await _read_body(request, state.config.server.body_timeout_s)
+                    proxy_request.parse_body(body)
+                    if hooks.has_prepare_request:
+                        await hooks.prepare_request(proxy_request)
                     answer = await hooks.answer_request(proxy_request) if hooks.has_answer_request else None
                     exchange = Exchange(None, answer) if answer is not None else await open_upstream(state, proxy_request)
                     chain = await _transforms(state, proxy_request, exchange) if hooks.has_transform_response else None
                     if exchange.response.content_type != "text/event-stream":
-                        response = await relay_body(exchange, proxy_request.request_id, chain)
+                        response = await relay_body(exchange, proxy_request.request_id, chain, max_response)
                         status = response.status
                         return response
             except TimeoutError as exc:
-                raise UpstreamTimeout(
-                    f"no response within routing.timeout_s = {state.config.routing.timeout_s:g}s"
-                ) from exc
+                raise UpstreamTimeout(f"no response within routing.timeout_s = {routing_timeout:g}s") from exc
             stream_response = await relay_stream(request, exchange, proxy_request.request_id, chain)
             status = stream_response.status
             return stream_response
@@ -78,6 +77,24 @@ def proxy_handler(endpoint: str) -> Handler:
     view.__name__ = f"proxy_{endpoint.replace('/', '_')}"
     view.authenticates = True  # type: ignore[attr-defined]  # see middlewares.auth_middleware
     return view
+
+
+async def _read_body(request: web.Request, timeout_s: float) -> bytes:
+    """The client's body, bounded in size (``server.max_body_mb``) and in time."""
+    if request.content.is_eof():  # all of it arrived with the headers: no timer needed
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise body_too_large(request, exc) from exc
+    try:
+        async with deadline(timeout_s):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise body_too_large(request, exc) from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(
+            f"the request body did not arrive within server.body_timeout_s = {timeout_s:g}s"
+        ) from exc
 
 
 async def _transforms(state: RouterState, request: ProxyRequest, exchange: Exchange) -> TransformChain | None:

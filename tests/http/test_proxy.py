@@ -130,7 +130,7 @@ def test_models_endpoints_filter_by_patterns(one):
 
 def test_unknown_model_404_lists_available(one):
     _, router = one
-    status, _, body = post_json(f"{router.url}/v1/chat/completions", {"model": "gpt-9", "messages": []})
+    status, _, body = post_json(f"{router.url}/v1/chat/completions", {"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 404
     assert body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
     assert "test-model" in body["error"]["message"] and "gpt-9" in body["error"]["message"]
@@ -142,7 +142,7 @@ def test_unknown_model_404_lists_available(one):
         (b"{not json", "not valid JSON"),
         (b"", "empty"),
         (b"[1, 2]", "JSON object"),
-        (b'{"messages": []}', "model"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
         (b'{"model": 42}', "model"),
         (b'{"model": "test-model", "stream": "yes"}', "stream"),
     ],
@@ -179,7 +179,7 @@ def test_unknown_route_and_method_are_openai_errors(one):
 def test_request_id_is_taken_from_the_request_and_forwarded(one):
     up, router = one
     status, headers, _ = post_json(f"{router.url}/v1/chat/completions",
-                                   {"model": "test-model", "messages": []}, {"X-Request-ID": "abc-123"})
+                                   {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}, {"X-Request-ID": "abc-123"})
     assert status == 200 and headers["X-Request-ID"] == "abc-123"
     assert up.headers_seen[-1]["X-Request-ID"] == "abc-123"
 
@@ -187,7 +187,7 @@ def test_request_id_is_taken_from_the_request_and_forwarded(one):
 def test_upstream_openai_error_passes_through(one):
     up, router = one
     up.behaviour.fail_status = 400
-    status, headers, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})
+    status, headers, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 400 and headers["X-Router-Backend"] == "alpha"
     assert body == {"error": {"message": "alpha failed on purpose", "type": "server_error",
                               "param": None, "code": "fake_failure"}}
@@ -197,7 +197,7 @@ def test_upstream_non_openai_error_is_wrapped(one):
     up, router = one
     up.behaviour.fail_status = 422
     up.behaviour.fail_body = b"<html>bad things</html>"
-    status, _, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})
+    status, _, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 422
     assert "bad things" in body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
 
@@ -209,11 +209,11 @@ def test_unreachable_upstream_is_502_then_503_once_marked_unhealthy(bg, upstream
         "backends": [backend("gone", up, models=["test-model"])],
     })
     bg.run(up.stop())
-    status, headers, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})
+    status, headers, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 502 and body["error"]["code"] == "upstream_unreachable"
     assert "gone" in body["error"]["message"]
     time.sleep(0.8)  # a health check has run and marked the backend down
-    status, headers, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})
+    status, headers, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 503 and body["error"]["code"] == "no_backend_available"
     assert "unhealthy" in body["error"]["message"] and int(headers["Retry-After"]) >= 1
     assert http("GET", f"{router.url}/health/ready")[0] == 503
@@ -225,7 +225,7 @@ def test_timeout_is_504(upstreams, start_router):
     router = start_router({"routing": {"retries": 0},
                            "backends": [backend("slow", up, first_byte_timeout_s=0.5)]})
     started = time.monotonic()
-    status, _, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})
+    status, _, body = post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 504 and body["error"]["code"] == "upstream_timeout"
     assert "first_byte_timeout_s" in body["error"]["message"]
     assert time.monotonic() - started < 3
@@ -296,9 +296,9 @@ def test_keys_never_reach_logs_or_status(bg, upstreams, start_router):
         "routing": {"retries": 0, "health_check_interval_s": 0.2},
         "backends": [backend("alpha", up, api_key="sk-live-SECRET-456")],
     })
-    assert post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})[0] == 200
+    assert post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})[0] == 200
     bg.run(up.kill())
-    assert post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": []})[0] == 502
+    assert post_json(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})[0] == 502
     time.sleep(0.5)
     status, _, raw = http("GET", f"{router.url}/status", headers={"Authorization": "Bearer admin-secret-123"})
     assert status == 200
@@ -313,7 +313,7 @@ def test_stalled_stream_ends_with_timeout_event(upstreams, start_router):
     up.behaviour.chunk_delay_s = 1.0
     router = start_router({"backends": [backend("alpha", up, read_timeout_s=0.3)]})
     status, _, body = http("POST", f"{router.url}/v1/chat/completions",
-                           json.dumps({"model": "test-model", "stream": True, "messages": []}).encode())
+                           json.dumps({"model": "test-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode())
     events = [e for e in body.decode().split("\n\n") if e]
     assert status == 200 and json.loads(events[0][6:])["choices"][0]["delta"]["content"] == "tok0 "
     error = json.loads(events[1][6:])["error"]
@@ -327,7 +327,7 @@ def test_read_timeout_is_between_chunks_not_total(upstreams, start_router):
     up.behaviour.chunk_delay_s = 0.1  # 0.8 s in all, never 0.3 s without data
     router = start_router({"backends": [backend("alpha", up, read_timeout_s=0.3)]})
     status, _, body = http("POST", f"{router.url}/v1/chat/completions",
-                           json.dumps({"model": "test-model", "stream": True, "messages": []}).encode())
+                           json.dumps({"model": "test-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode())
     assert status == 200 and b'"error"' not in body
     assert body.count(b'"content":"tok') == 8 and body.endswith(b"data: [DONE]\n\n")
 
@@ -336,7 +336,7 @@ def test_read_timeout_is_between_chunks_not_total(upstreams, start_router):
     b"\xff\xfe\xfd",                                   # not UTF-8
     b"[" * 100000 + b"]" * 100000,                     # absurdly deep nesting
     b'{"model": "test-model", "messages": "not a list"}',
-    b'{"model": ["a"], "messages": []}',
+    b'{"model": ["a"], "messages": [{"role": "user", "content": "hi"}]}',
     b'{"model": "' + b"m" * 100000 + b'"}',             # a huge unknown model name
     b'{"model": "test-model", "stream": null}',
     b'null',

@@ -109,7 +109,7 @@ def test_hook_register_strategies(echo_router):
     router, up, _ = echo_router
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
     for _ in range(3):  # "alphabetical" always picks a-real over b-echo
-        resp = client.chat.completions.with_raw_response.create(model="echo-1", messages=[])
+        resp = client.chat.completions.with_raw_response.create(model="echo-1", messages=[{"role": "user", "content": "hi"}])
         assert resp.headers["X-Router-Backend"] == "a-real"
     assert len(up.requests) == 3
 
@@ -118,7 +118,7 @@ def test_hook_filter_backends(echo_router):
     router, up, _ = echo_router
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
     resp = client.chat.completions.with_raw_response.create(
-        model="echo-1", messages=[], extra_body={"echo_backend": "b-echo"})
+        model="echo-1", messages=[{"role": "user", "content": "hi"}], extra_body={"echo_backend": "b-echo"})
     assert resp.headers["X-Router-Backend"] == "b-echo" and up.requests == []
 
 
@@ -134,9 +134,9 @@ def test_hook_prepare_request(echo_router):
 def test_hook_observe_response(echo_router):
     router, _, log = echo_router
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
-    client.chat.completions.create(model="echo-1", messages=[], extra_body={"echo_backend": "b-echo"})
+    client.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "hi"}], extra_body={"echo_backend": "b-echo"})
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="missing", messages=[])
+        client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
     # Rejected requests are observed too: a body that is not JSON, and one refused by
     # the authenticate hook (before its body is read).
     assert post(router, b"{not json")[0] == 400
@@ -168,7 +168,7 @@ def test_hook_authenticate(echo_router):
         assert exc.code == 401
     else:
         raise AssertionError("GET /v1/models with X-Echo-Deny was not refused")
-    body_ok = json.dumps({"model": "echo-1", "messages": [], "echo_backend": "b-echo"}).encode()
+    body_ok = json.dumps({"model": "echo-1", "messages": [{"role": "user", "content": "hi"}], "echo_backend": "b-echo"}).encode()
     assert post(router, body_ok, headers={"X-Echo-User": "ada"})[0] == 200
     assert post(router, body_ok)[0] == 200
     identities = [e["identity"] for e in events(log) if e["event"] == "response"]

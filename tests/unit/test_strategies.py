@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 
 import pytest
 
@@ -32,8 +33,8 @@ def views(*specs: tuple[str, float]) -> list[BackendView]:
 
 
 def request(model: str = "m", user: str | None = None, headers: dict[str, str] | None = None) -> ProxyRequest:
-    body = b'{"model": "%s"%s}' % (model.encode(), b', "user": "%s"' % user.encode() if user else b"")
-    return ProxyRequest.parse("chat/completions", body, "rid", headers or {})
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **({"user": user} if user else {})}
+    return ProxyRequest.parse("chat/completions", json.dumps(body).encode(), "rid", headers or {})
 
 
 def test_round_robin_is_even_and_per_model():
