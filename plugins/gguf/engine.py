@@ -20,16 +20,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import llama_cpp
-from llama_cpp import llama_chat_format, llama_grammar
+from llama_cpp import llama_cache, llama_chat_format, llama_grammar
 
 from plugins.gguf import llama_log
-from plugins.gguf.errors import (
-    BadRequest,
-    ContextLengthExceeded,
-    EngineError,
-    ModelLoadError,
-)
-from plugins.gguf.settings import WorkerSettings
+from plugins.gguf.settings import WorkerSettings, missing_model
+from router import ContextLengthExceeded, EngineError, InvalidRequest, ModelLoadFailed
+from router.workers import Engine, Extension
 
 # -- the engine ------------------------------------------------------------------------------
 
@@ -40,9 +36,16 @@ _SAMPLING_FIELDS = {
 }
 
 
-class Engine:
+class LlamaEngine(Engine):
+    """One GGUF model in one ``Llama`` instance, one request at a time."""
+
+    owned_by = "gguf"
+    label = "llama.cpp"
+    max_batch = 1  # concurrent calls on one Llama instance crash the process
+
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
+        self.knobs = settings.knobs
         self.llama: llama_cpp.Llama | None = None
         self.formatter: llama_chat_format.Jinja2ChatFormatter | None = None
         self.n_ctx = 0
@@ -50,18 +53,29 @@ class Engine:
 
     # -- loading ---------------------------------------------------------------------------
 
+    @property
+    def model_id(self) -> str:
+        return self.settings.served_id
+
+    def card(self) -> dict[str, Any]:
+        return {"path": self.settings.model}
+
+    def extensions(self) -> list[Extension]:
+        # The router forwards only the OpenAI endpoints: a chat body with
+        # "restore_cache": true reaches the warm-up through it.
+        return [Extension("restore_cache", self.warm, path="/restore_cache", body_flag="restore_cache",
+                          summary="pre-fill the prompt cache for a chat history")]
+
     def load(self) -> None:
-        s = self.settings
-        path = Path(s.model)
+        s = self.knobs
+        path = Path(self.settings.model)
         if not path.is_file():
-            raise ModelLoadError(
-                f"model file not found: {path.resolve()} (put the .gguf file there or fix the path)",
-                code="model_not_found_on_disk",
-            )
+            raise missing_model(path.resolve())
+        llama_log.install_log_capture(echo=s.verbose)
         with open(path, "rb") as f:
             magic = f.read(4)
         if magic != b"GGUF":
-            raise ModelLoadError(
+            raise ModelLoadFailed(
                 f"{path.resolve()} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); "
                 "convert it with llama.cpp's convert_hf_to_gguf.py or download a .gguf build",
                 code="not_gguf",
@@ -83,7 +97,7 @@ class Engine:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             reason = llama_log.load_reason() or str(exc)
-            raise ModelLoadError(_explain_load_failure(path, reason), code=_load_code(reason)) from exc
+            raise ModelLoadFailed(_explain_load_failure(path, reason), code=_load_code(reason)) from exc
         # Re-install ours: Llama(verbose=...) may have replaced the log callback.
         llama_log.reinstall()
         self.load_s = time.monotonic() - started
@@ -92,20 +106,20 @@ class Engine:
         self.n_ctx = min(s.n_ctx, llama.n_ctx()) if s.n_ctx else llama.n_ctx()
         template = llama.metadata.get("tokenizer.chat_template")
         if s.chat_format is None and template:
-            vocab = llama._model.vocab  # type: ignore[attr-defined]
+            vocab = llama._model.vocab
             eos = llama_cpp.llama_vocab_eos(vocab)
             bos = llama_cpp.llama_vocab_bos(vocab)
             self.formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template,
-                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",  # type: ignore[attr-defined]
-                bos_token=llama._model.token_get_text(bos) if bos != -1 else "",  # type: ignore[attr-defined]
+                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
                 stop_token_ids=[eos] if eos != -1 else None,
             )
         if s.prompt_cache == "ram":
-            llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=s.prompt_cache_mb << 20))
+            llama.set_cache(llama_cache.LlamaRAMCache(capacity_bytes=s.prompt_cache_mb << 20))
         elif s.prompt_cache == "disk":
             directory = s.prompt_cache_dir or str(path.with_suffix(".cache"))
-            llama.set_cache(llama_cpp.LlamaDiskCache(cache_dir=directory, capacity_bytes=s.prompt_cache_mb << 20))
+            llama.set_cache(llama_cache.LlamaDiskCache(cache_dir=directory, capacity_bytes=s.prompt_cache_mb << 20))
 
     def info(self) -> dict[str, Any]:
         llama = self._llama()
@@ -113,7 +127,7 @@ class Engine:
             "n_ctx": self.n_ctx,
             "n_ctx_train": llama.n_ctx_train() if hasattr(llama, "n_ctx_train") else None,
             "n_vocab": llama.n_vocab(),
-            "embedding": self.settings.embedding,
+            "embedding": self.knobs.embedding,
             "chat_template": "gguf" if self.formatter else (llama.chat_format or "none"),
             "load_s": round(self.load_s, 3),
         }
@@ -130,7 +144,7 @@ class Engine:
         llama = self._llama()
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise BadRequest("'messages' must be a non-empty list", param="messages")
+            raise InvalidRequest("'messages' must be a non-empty list", param="messages")
         tools = payload.get("tools") or None
         tool_choice = payload.get("tool_choice")
         if self.formatter is None:  # a named chat_format: llama-cpp-python formats and counts
@@ -178,14 +192,14 @@ class Engine:
         except ValueError as exc:
             if "exceed context window" in str(exc):
                 raise ContextLengthExceeded(self.n_ctx, None) from exc
-            raise BadRequest(str(exc)) from exc
+            raise InvalidRequest(str(exc)) from exc
 
     def format_chat(self, messages: list[Any], tools: Any, tool_choice: Any) -> tuple[list[int], list[str], Any]:
         assert self.formatter is not None
         try:
             result = self.formatter(messages=messages, tools=tools, tool_choice=tool_choice)
         except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
-            raise BadRequest(f"the model's chat template rejected these messages: {exc}", param="messages") from exc
+            raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", param="messages") from exc
         prompt = self._llama().tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         extra = [] if result.stop is None else [result.stop] if isinstance(result.stop, str) else list(result.stop)
         return prompt, extra, result.stopping_criteria
@@ -195,10 +209,10 @@ class Engine:
         prompt_in = payload.get("prompt", "")
         if isinstance(prompt_in, list):
             if len(prompt_in) != 1 or not isinstance(prompt_in[0], str):
-                raise BadRequest("one prompt string per request", param="prompt")
+                raise InvalidRequest("one prompt string per request", param="prompt")
             prompt_in = prompt_in[0]
         if not isinstance(prompt_in, str):
-            raise BadRequest("'prompt' must be a string", param="prompt")
+            raise InvalidRequest("'prompt' must be a string", param="prompt")
         prompt = llama.tokenize(prompt_in.encode("utf-8"), add_bos=True, special=False)
         kwargs = self._sampling(payload, len(prompt))
         kwargs["stop"] = _stop_list(payload.get("stop"))
@@ -219,9 +233,9 @@ class Engine:
         return self._stream_with_usage(cast(Iterator[dict[str, Any]], result), payload, len(prompt),
                                        counter, model)
 
-    def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
-        if not self.settings.embedding:
-            raise BadRequest(
+    def embed(self, payload: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
+        if not self.knobs.embedding:
+            raise InvalidRequest(
                 f"model {self.settings.served_id!r} does not serve embeddings; "
                 "declare it with 'embedding: true' in the backend's models list",
                 param="model",
@@ -230,7 +244,7 @@ class Engine:
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs) or not inputs:
-            raise BadRequest("'input' must be a string or a list of strings", param="input")
+            raise InvalidRequest("'input' must be a string or a list of strings", param="input")
         llama = self._llama()
         for text in inputs:
             n = len(llama.tokenize(text.encode("utf-8"), add_bos=True))
@@ -239,14 +253,14 @@ class Engine:
         result = llama.create_embedding(inputs, model=self.settings.served_id)
         return dict(result)
 
-    def warm(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def warm(self, payload: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
         """Evaluate a chat history (and tools) so the next request with that prefix skips it."""
         llama = self._llama()
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise BadRequest("'messages' must be a non-empty list", param="messages")
+            raise InvalidRequest("'messages' must be a non-empty list", param="messages")
         if self.formatter is None:
-            raise BadRequest("warm-up needs the GGUF's own chat template (chat_format is set)")
+            raise InvalidRequest("warm-up needs the GGUF's own chat template (chat_format is set)")
         # The prompt as the next request will see it: the history plus the assistant turn start.
         prompt, _, _ = self.format_chat(messages, payload.get("tools") or None, payload.get("tool_choice"))
         if len(prompt) >= self.n_ctx:
@@ -260,7 +274,7 @@ class Engine:
             "model": self.settings.served_id,
             "prompt_tokens": len(prompt),
             "evaluated_tokens": evaluated,
-            "cache": self.settings.prompt_cache or "kv",
+            "cache": self.knobs.prompt_cache or "kv",
             "time_s": round(time.monotonic() - started, 4),
         }
 
@@ -270,7 +284,7 @@ class Engine:
         if prompt_len >= self.n_ctx:
             raise ContextLengthExceeded(self.n_ctx, prompt_len)
         if int(payload.get("n") or 1) != 1:
-            raise BadRequest("this model generates one choice per request (n must be 1)", param="n")
+            raise InvalidRequest("this model generates one choice per request (n must be 1)", param="n")
         kwargs: dict[str, Any] = {}
         for name, convert in _SAMPLING_FIELDS.items():
             value = payload.get(name)
@@ -278,11 +292,11 @@ class Engine:
                 try:
                     kwargs[name] = convert(value)
                 except (TypeError, ValueError) as exc:
-                    raise BadRequest(f"{name!r} must be a number", param=name) from exc
-        limit = self.settings.max_tokens_limit
+                    raise InvalidRequest(f"{name!r} must be a number", param=name) from exc
+        limit = self.knobs.max_tokens_limit
         requested = payload.get("max_completion_tokens", payload.get("max_tokens"))
         if requested is not None and (not isinstance(requested, int) or requested < 1):
-            raise BadRequest("'max_tokens' must be a positive integer", param="max_tokens")
+            raise InvalidRequest("'max_tokens' must be a positive integer", param="max_tokens")
         # llama-cpp-python reads None/0 as "until the context is full": always pass a number.
         room = self.n_ctx - prompt_len if prompt_len else limit
         kwargs["max_tokens"] = max(1, min(requested or limit, limit, room))
@@ -291,10 +305,10 @@ class Engine:
             try:
                 kwargs["logit_bias"] = {int(k): float(v) for k, v in bias.items()}
             except (AttributeError, TypeError, ValueError) as exc:
-                raise BadRequest("'logit_bias' maps token ids to numbers", param="logit_bias") from exc
+                raise InvalidRequest("'logit_bias' maps token ids to numbers", param="logit_bias") from exc
             n_vocab = self._llama().n_vocab()
             if any(not 0 <= k < n_vocab for k in kwargs["logit_bias"]):
-                raise BadRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
+                raise InvalidRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
         return kwargs
 
     def _grammar(self, payload: dict[str, Any], tools: Any, tool_choice: Any) -> tuple[Any, Any]:
@@ -308,17 +322,17 @@ class Engine:
                 spec = fmt.get("json_schema") or {}
                 schema = spec.get("schema") if isinstance(spec, dict) else None
                 if not isinstance(schema, dict):
-                    raise BadRequest("response_format.json_schema.schema must be an object",
+                    raise InvalidRequest("response_format.json_schema.schema must be an object",
                                      param="response_format")
             elif kind == "json_object":
                 schema = fmt.get("schema") or True
             elif kind not in (None, "text"):
-                raise BadRequest(f"unsupported response_format type {kind!r}", param="response_format")
+                raise InvalidRequest(f"unsupported response_format type {kind!r}", param="response_format")
         if isinstance(tool_choice, dict) and tools:
             name = (tool_choice.get("function") or {}).get("name")
             tool = next((t for t in tools if t.get("function", {}).get("name") == name), None)
             if tool is None:
-                raise BadRequest(f"tool_choice names {name!r}, which is not in 'tools'", param="tool_choice")
+                raise InvalidRequest(f"tool_choice names {name!r}, which is not in 'tools'", param="tool_choice")
             schema = tool["function"].get("parameters") or {"type": "object"}
         elif tool_choice == "required" and tools:
             if len(tools) == 1:
@@ -331,7 +345,7 @@ class Engine:
         try:
             return llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False), tool
         except Exception as exc:  # noqa: BLE001 - the converter raises plain Exceptions
-            raise BadRequest(f"llama.cpp cannot turn this JSON schema into a grammar: {exc}",
+            raise InvalidRequest(f"llama.cpp cannot turn this JSON schema into a grammar: {exc}",
                              param="response_format") from exc
 
     def _stream_with_usage(self, chunks: Iterator[dict[str, Any]], payload: dict[str, Any],
@@ -432,16 +446,12 @@ def _stop_list(value: Any) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise BadRequest("'stop' must be a string or a list of strings", param="stop")
+    raise InvalidRequest("'stop' must be a string or a list of strings", param="stop")
 
 
 def _prompt_evals(llama: llama_cpp.Llama) -> int:
-    data = llama_cpp.llama_perf_context(llama._ctx.ctx)  # type: ignore[attr-defined]
+    data = llama_cpp.llama_perf_context(llama._ctx.ctx)
     return int(data.n_p_eval)
-
-
-def prompt_evals(llama: llama_cpp.Llama) -> int:
-    return _prompt_evals(llama)
 
 
 def _load_code(reason: str) -> str:

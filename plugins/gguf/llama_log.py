@@ -19,7 +19,7 @@ _ECHO_LOG = False
 _partial: list[str] = []
 
 
-@llama_cpp.llama_log_callback  # type: ignore[misc]
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     piece = text.decode("utf-8", "replace")
     if _ECHO_LOG:

@@ -1,9 +1,11 @@
 """The ``gguf`` provider: local GGUF models, each served by its own worker process.
 
-The router never imports llama.cpp: every model runs in a worker (``plugins.gguf.worker``)
-started on the first request for it (or at start-up with ``preload``), reached over
-loopback HTTP through one pooled aiohttp session, exactly like a remote backend. A crash
-or leak in native code stays in the worker; stopping a worker returns all its memory.
+The router never imports llama.cpp: each model runs in a worker (``python -m router worker
+--provider gguf``, see ``plugins.gguf.worker``) started on the first request for it (or at
+start-up with ``preload``). The machinery is the toolkit's (``router.workers``): a
+``Launch`` per model, a ``ManagedProcess`` supervising it, a ``ModelPool`` holding the
+leases (``idle_ttl_s`` is its TTL; ``max_loaded``/``max_memory_gb`` its limits), and the
+``WorkerClient`` reaching it over loopback HTTP through one pooled session.
 
 Config keys (beyond the common backend keys)::
 
@@ -14,123 +16,50 @@ Config keys (beyond the common backend keys)::
         n_ctx: 8192
         preload: true
     demo_model: true            # write tiny-demo.gguf into models_dir if it has no GGUF
-    max_tokens_limit: 4096      # the cap on max_tokens per request
     idle_ttl_s: 600             # stop a worker unused this long (default: never)
 
-Every key of a model entry can also be given at the backend level as the default for
-all models (``n_ctx``, ``n_threads``...). See docs/gguf.md.
+Every knob of ``GGUFKnobs`` (``n_ctx``, ``n_threads``, ``max_tokens_limit``...) can be
+given at the backend level, as the default for all models, and in a model entry. See
+docs/gguf.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
-import importlib.util
 import logging
-import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from plugins.gguf.process import WorkerProcess, WorkerState
-from plugins.gguf.settings import DEFAULT_MAX_TOKENS_LIMIT, DEFAULT_N_CTX, WorkerSettings
-from plugins.openai_compatible import AiohttpUpstreamResponse
-from router import jsonlib
-from router.config import BackendConfig
-from router.errors import (
-    Overloaded,
-    UpstreamError,
-    UpstreamHTTPError,
-    UpstreamUnreachable,
-    parse_retry_after,
+from plugins.gguf.settings import (
+    INSTALL_HINT,
+    GGUFModel,
+    GGUFOptions,
+    WorkerSettings,
+    engine_installed,
+    missing_model,
 )
-from router.provider import ModelCard, Provider, UpstreamRequest, UpstreamResponse
+from router import (
+    BackendConfig,
+    ModelCard,
+    ModelNotFound,
+    Provider,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamUnreachable,
+)
+from router.workers import Launch, Limits, ManagedProcess, ModelPool, State, WorkerClient, to_flags
 
 log = logging.getLogger("router.gguf")
 
-INSTALL_HINT = "llama-cpp-python is not installed; install the extra: pip install '.[gguf]'"
-
 
 @dataclasses.dataclass
-class GGUFModel:
-    """One model entry; unset keys take the backend-level default."""
-
-    path: str
-    name: str | None = None
-    n_ctx: int | None = None
-    n_gpu_layers: int | None = None
-    n_threads: int | None = None
-    n_threads_batch: int | None = None
-    n_batch: int | None = None
-    embedding: bool = False
-    preload: bool = False
-    chat_format: str | None = None
-    prompt_cache: str | None = None
-    prompt_cache_dir: str | None = None
-    prompt_cache_mb: int | None = None
-    max_queue: int | None = None
-    max_tokens_limit: int | None = None
-
-
-@dataclasses.dataclass
-class GGUFOptions:
-    models_dir: str | None = None
-    models: list[str | GGUFModel] = dataclasses.field(default_factory=list)
-    demo_model: bool = False
-    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
-    idle_ttl_s: float | None = None
-    startup_timeout_s: float = 120.0
-    # Defaults for every model:
-    n_ctx: int = DEFAULT_N_CTX
-    n_gpu_layers: int = 0
-    n_threads: int | None = None
-    n_threads_batch: int | None = None
-    n_batch: int = 512
-    prompt_cache: str | None = None
-    prompt_cache_mb: int = 1024
-    verbose: bool = False
-
-
-def engine_installed() -> bool:
-    """Whether workers can import llama-cpp-python (checked without importing it here)."""
-    try:
-        return importlib.util.find_spec("llama_cpp") is not None
-    except (ValueError, AttributeError):  # e.g. blocked with sys.modules["llama_cpp"] = None
-        return False
-
-
-class TrackedResponse(AiohttpUpstreamResponse):
-    """A worker's response: counts the model's in-flight requests and turns a dropped
-    connection into a clear "the worker crashed" error."""
-
-    __slots__ = ("_worker", "_closed")
-
-    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float, worker: WorkerProcess) -> None:
-        super().__init__(response, read_timeout)
-        self._worker = worker
-        self._closed = False
-
-    async def read(self) -> bytes:
-        try:
-            return await super().read()
-        except UpstreamError as exc:
-            raise (await self._worker.crash_error() or exc) from exc
-
-    async def iter_chunks(self):  # type: ignore[no-untyped-def,override]
-        try:
-            async for chunk in super().iter_chunks():
-                yield chunk
-        except UpstreamError as exc:
-            raise (await self._worker.crash_error() or exc) from exc
-
-    def close(self) -> None:
-        super().close()
-        if not self._closed:
-            self._closed = True
-            self._worker.in_flight -= 1
-            self._worker.last_used = time.monotonic()
+class _Model:
+    settings: WorkerSettings
+    process: ManagedProcess
+    preload: bool
 
 
 class GGUFProvider(Provider):
@@ -139,37 +68,22 @@ class GGUFProvider(Provider):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self.options: GGUFOptions = config.options or GGUFOptions()
-        self.session: aiohttp.ClientSession | None = None
-        self.workers: dict[str, WorkerProcess] = {}
-        self._reaper: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self.client: WorkerClient | None = None
+        self.pool: ModelPool[ManagedProcess] = ModelPool(
+            ttl_s=self.options.idle_ttl_s, logger=log,
+            limits=Limits(self.options.max_loaded, self.options.max_memory_gb))
+        self.models: dict[str, _Model] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- models ----------------------------------------------------------------------------
 
-    def _settings(self, entry: GGUFModel) -> WorkerSettings:
-        o = self.options
-
-        def pick(value: Any, default: Any) -> Any:
-            return default if value is None else value
-
+    def settings_for(self, entry: GGUFModel) -> WorkerSettings:
+        """The worker's settings: the backend's knobs with the entry's overrides."""
+        knobs = dataclasses.replace(self.options.defaults, **entry.overrides)
+        if knobs.prompt_cache_dir:
+            knobs = dataclasses.replace(knobs, prompt_cache_dir=str(self.config.path(knobs.prompt_cache_dir)))
         path = self.config.path(entry.path)
-        return WorkerSettings(
-            model=str(path.resolve()),
-            model_id=entry.name or path.stem,
-            n_ctx=pick(entry.n_ctx, o.n_ctx),
-            n_gpu_layers=pick(entry.n_gpu_layers, o.n_gpu_layers),
-            n_threads=pick(entry.n_threads, o.n_threads),
-            n_threads_batch=pick(entry.n_threads_batch, o.n_threads_batch),
-            n_batch=pick(entry.n_batch, o.n_batch),
-            embedding=entry.embedding,
-            chat_format=entry.chat_format,
-            prompt_cache=pick(entry.prompt_cache, o.prompt_cache),
-            prompt_cache_dir=str(self.config.path(entry.prompt_cache_dir)) if entry.prompt_cache_dir else None,
-            prompt_cache_mb=pick(entry.prompt_cache_mb, o.prompt_cache_mb),
-            max_tokens_limit=pick(entry.max_tokens_limit, o.max_tokens_limit),
-            max_queue=pick(entry.max_queue, self.config.max_queue),
-            verbose=o.verbose,
-        )
+        return WorkerSettings(model=str(path.resolve()), model_id=entry.name or path.stem, port=0, knobs=knobs)
 
     def _entries(self) -> list[GGUFModel]:
         """Explicit entries first, then every *.gguf under models_dir not already named."""
@@ -184,98 +98,92 @@ class GGUFProvider(Provider):
         return entries
 
     def refresh(self) -> None:
-        """Sync ``self.workers`` with the config and models_dir (files added or removed)."""
-        assert self.session is not None
+        """Sync the models with the config and models_dir (files added or removed)."""
+        client = self._client()
         seen: set[str] = set()
         for entry in self._entries():
-            settings = self._settings(entry)
-            seen.add(settings.model_id)
-            worker = self.workers.get(settings.model_id)
-            if worker is None:
-                worker = WorkerProcess(settings, self.session, startup_timeout_s=self.options.startup_timeout_s)
-                worker.preload = entry.preload
-                self.workers[settings.model_id] = worker
-        for gone in set(self.workers) - seen:
-            worker = self.workers[gone]
-            if worker.state is WorkerState.STOPPED and worker.in_flight == 0:
-                del self.workers[gone]
+            settings = self.settings_for(entry)
+            model_id = settings.served_id
+            seen.add(model_id)
+            if model_id in self.models:
+                continue
+            launch = Launch.router_worker("gguf", to_flags(settings),
+                                          startup_timeout_s=self.options.startup_timeout_s)
+            process = ManagedProcess(launch, client.session, label=f"gguf worker for {model_id!r}", logger=log)
+            self.models[model_id] = _Model(settings, process, entry.preload)
+            self.pool.add(model_id, process, memory_gb=_size_gb(settings.model))
+        for gone in set(self.models) - seen:
+            if self.pool.remove(gone):
+                del self.models[gone]
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0),
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout_s),
-            skip_auto_headers=("User-Agent",),
-        )
+        self.client = WorkerClient(connect_timeout_s=self.config.connect_timeout_s,
+                                   read_timeout_s=self.config.read_timeout_s)
         if self.options.demo_model and self.options.models_dir:
-            from plugins.gguf.demo import ensure_demo_model
-
-            try:
-                written = await asyncio.to_thread(ensure_demo_model, self.config.path(self.options.models_dir))
-            except ImportError as exc:  # the gguf/numpy writer is part of the extra
-                log.warning("backend %s: cannot write the demo model (%s); %s", self.name, exc, INSTALL_HINT)
-            else:
-                if written:
-                    log.info("backend %s: no GGUF in %s, wrote the demo model %s",
-                             self.name, self.options.models_dir, written)
+            await self._write_demo_model(self.config.path(self.options.models_dir))
         self.refresh()
-        preload = [w for w in self.workers.values() if w.preload]
-        if preload and engine_installed():
+        if engine_installed():
             # In the background: the router serves other backends while models load, and
-            # requests for a loading model wait on the same ensure_ready.
-            for worker in preload:
-                self._spawn(self._preload(worker))
-        if self.options.idle_ttl_s:
-            self._reaper = asyncio.create_task(self._reap_idle(self.options.idle_ttl_s))
+            # requests for a loading model wait on the same start.
+            for model_id, model in self.models.items():
+                if model.preload:
+                    self._spawn(self._preload(model_id))
+        self.pool.start_reaper()
 
-    def _spawn(self, coro: Any) -> None:
+    async def _write_demo_model(self, models_dir: Path) -> None:
+        from plugins.gguf.demo import ensure_demo_model
+
+        try:
+            written = await asyncio.to_thread(ensure_demo_model, models_dir)
+        except ImportError as exc:  # the gguf/numpy writer is part of the extra
+            log.warning("backend %s: cannot write the demo model (%s); %s", self.name, exc, INSTALL_HINT)
+            return
+        if written:
+            log.info("backend %s: no GGUF in %s, wrote the demo model %s", self.name, models_dir, written)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _preload(self, worker: WorkerProcess) -> None:
+    async def _preload(self, model_id: str) -> None:
         try:
-            await worker.ensure_ready()
+            await self.pool.preload(model_id)
         except UpstreamError as exc:
-            log.error("backend %s: preloading %r failed: %s", self.name, worker.model_id, exc.message)
-
-    async def _reap_idle(self, ttl: float) -> None:
-        while True:
-            await asyncio.sleep(min(ttl / 2, 5.0))
-            now = time.monotonic()
-            for worker in list(self.workers.values()):
-                if worker.alive() and worker.in_flight == 0 and now - worker.last_used > ttl:
-                    log.info("backend %s: stopping %r after %.0fs idle", self.name, worker.model_id, ttl)
-                    async with worker.lock:
-                        await worker.stop()
+            log.error("backend %s: preloading %r failed: %s", self.name, model_id, exc.message)
 
     async def aclose(self) -> None:
-        for task in [self._reaper, *self._background]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(w.stop() for w in self.workers.values()), return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        for task in self._background:
+            task.cancel()
+        await self.pool.aclose()
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    def _client(self) -> WorkerClient:
+        if self.client is None:
+            raise UpstreamUnreachable(f"backend {self.name!r} is not started")
+        return self.client
 
     # -- discovery and health --------------------------------------------------------------
 
     async def list_models(self) -> list[ModelCard]:
-        if self.session is None:
-            raise UpstreamUnreachable(f"backend {self.name!r} is not started")
+        self._client()
         if not engine_installed():
             raise UpstreamError(f"backend {self.name!r}: {INSTALL_HINT}")
         self.refresh()
-        if not self.workers:
+        if not self.models:
             where = self.options.models_dir or "(no models_dir)"
             raise UpstreamError(f"backend {self.name!r}: no .gguf model found in {where} and none listed in models:")
-        return [self._card(w) for w in self.workers.values()]
+        return [self._card(model_id, model) for model_id, model in self.models.items()]
 
-    def _card(self, worker: WorkerProcess) -> ModelCard:
-        extra = {"path": worker.settings.model, "loaded": worker.state is WorkerState.READY and worker.alive(),
-                 "n_ctx": worker.settings.n_ctx, "embedding": worker.settings.embedding}
-        return ModelCard(id=worker.model_id, owned_by="gguf", extra=extra)
+    def _card(self, model_id: str, model: _Model) -> ModelCard:
+        knobs = model.settings.knobs
+        extra = {"path": model.settings.model, "loaded": model.process.current is State.READY,
+                 "n_ctx": knobs.n_ctx, "embedding": knobs.embedding}
+        return ModelCard(id=model_id, owned_by="gguf", extra=extra)
 
     def declared_models(self) -> list[ModelCard]:
         out = []
@@ -289,73 +197,37 @@ class GGUFProvider(Provider):
         await self.list_models()
 
     def status(self) -> dict[str, Any]:
-        return {"models": {mid: w.status() for mid, w in self.workers.items()}}
+        models = {}
+        for model_id, model in self.models.items():
+            in_flight = self.pool.leases(model_id)
+            models[model_id] = {**model.process.status(), "in_flight": in_flight,
+                                "queued": max(0, in_flight - 1), "path": model.settings.model}
+        return {"models": models}
 
     # -- requests --------------------------------------------------------------------------
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        if self.session is None:
-            raise UpstreamUnreachable(f"backend {self.name!r} is not started")
-        worker = self.workers.get(request.model)
-        if worker is None:
+        client = self._client()
+        model = self.models.get(request.model)
+        if model is None:
             self.refresh()
-            worker = self.workers.get(request.model)
-        if worker is None:
-            body = jsonlib.dumps({"error": {"message": f"model {request.model!r} is not in backend "
-                                            f"{self.name!r} (no such .gguf file any more)",
-                                            "type": "invalid_request_error", "param": "model",
-                                            "code": "model_not_found"}})
-            raise UpstreamHTTPError(404, body)
+            model = self.models.get(request.model)
+        if model is None:
+            raise ModelNotFound(f"model {request.model!r} is not in backend {self.name!r} "
+                                "(no such .gguf file any more)", param="model")
         if not engine_installed():
             raise UpstreamError(f"backend {self.name!r}: {INSTALL_HINT}")
-        if not Path(worker.settings.model).is_file():
-            from plugins.gguf.process import ModelLoadFailed
+        if not Path(model.settings.model).is_file():
+            raise missing_model(model.settings.model, f"model {request.model!r} of backend {self.name!r}")
+        # Leased from here: requests waiting for the load count as queued too.
+        lease = await self.pool.acquire(request.model)
+        return await client.post(model.process, f"/v1/{request.endpoint}", request.body,
+                                 headers=request.headers, release=lease.release)
 
-            raise ModelLoadFailed(
-                f"model file not found: {worker.settings.model} (model {worker.model_id!r} of backend "
-                f"{self.name!r}; put the .gguf file there or fix the path)", code="model_not_found_on_disk")
-        worker.in_flight += 1  # counted from here: requests waiting for the load are queued too
-        worker.last_used = time.monotonic()
-        handed_over = False
-        try:
-            url = await worker.ensure_ready()
-            response = await self._post(worker, url, request)
-            handed_over = True
-        finally:
-            if not handed_over:
-                worker.in_flight -= 1
-        if response.status == 429:
-            # The model's own queue is full: a router-side "busy", not a failing backend
-            # (an upstream 429 would cool the whole backend down, every model with it).
-            try:
-                body = await response.read()
-            finally:
-                response.close()
-            retry_after = parse_retry_after(response.headers.get("Retry-After")) or 1.0
-            raise Overloaded(UpstreamHTTPError(429, body).message, retry_after=retry_after)
-        return response
 
-    async def _post(self, worker: WorkerProcess, url: str, request: UpstreamRequest) -> TrackedResponse:
-        assert self.session is not None
-        headers = {"Content-Type": "application/json", **request.headers}
-        try:  # the router bounds the wait for the response headers (first_byte_timeout_s)
-            raw = await self.session.post(f"{url}/v1/{request.endpoint}", data=request.body, headers=headers)
-        except aiohttp.ClientError as exc:
-            crashed = await worker.crash_error()
-            raise (crashed or UpstreamUnreachable(f"the gguf worker for {worker.model_id!r} is unreachable: {exc}")) from exc
-        return TrackedResponse(raw, self.config.read_timeout_s, worker)
-
-    # -- the standalone worker -------------------------------------------------------------
-
-    @classmethod
-    def add_worker_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        WorkerSettings.add_arguments(parser)
-
-    @classmethod
-    def run_worker(cls, args: argparse.Namespace) -> int:
-        if not engine_installed():
-            print(f"error: {INSTALL_HINT}")
-            return 2
-        from plugins.gguf.worker import run
-
-        return run(WorkerSettings.from_args(args))
+def _size_gb(path: str) -> float:
+    """What a model takes in memory, roughly: its file (the weights)."""
+    try:
+        return Path(path).stat().st_size / 2**30
+    except OSError:
+        return 0.0

@@ -1,93 +1,88 @@
-"""How one worker loads and serves its model: one dataclass, as CLI flags and back.
-
-The router builds a ``WorkerSettings`` per model from the backend config and starts
-``python -m router worker --provider gguf <flags>``; a user starting a standalone worker
-types the same flags. Keeping both directions here means the two can never drift apart.
-No engine code is imported here.
+"""The GGUF knobs, declared once: backend-level defaults, per-model overrides and worker
+flags all come from ``GGUFKnobs`` (the config loader reads ``setting``'s bounds and
+choices; ``router.workers.add_flags`` turns each field into ``--n-ctx`` and so on, with
+its help). No engine code is imported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import importlib.util
+from pathlib import Path
 from typing import Any
 
-# What a worker prints on stderr for its supervisor (plugins.gguf.process) to read.
-LISTENING_PREFIX = "gguf worker: listening on "
-LOAD_FAILED_PREFIX = "gguf worker: load failed: "
+from router import ModelLoadFailed, flatten, overrides_of, setting
 
-DEFAULT_N_CTX = 4096
-DEFAULT_MAX_TOKENS_LIMIT = 4096
+INSTALL_HINT = "llama-cpp-python is not installed; install the extra: pip install '.[gguf]'"
+
+
+def engine_installed() -> bool:
+    """Whether workers can import llama-cpp-python (checked without importing it here)."""
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None
+    except (ValueError, AttributeError):  # e.g. blocked with sys.modules["llama_cpp"] = None
+        return False
+
+
+def missing_model(path: str | Path, context: str = "") -> ModelLoadFailed:
+    where = f"{context}; " if context else ""
+    return ModelLoadFailed(f"model file not found: {path} ({where}put the .gguf file there or fix the path)",
+                           code="model_not_found_on_disk")
+
+
+@dataclasses.dataclass
+class GGUFKnobs:
+    """How llama.cpp loads and serves one model."""
+
+    n_ctx: int = setting(4096, ge=0, help="context length (0: the model's trained length)")
+    n_gpu_layers: int = setting(0, ge=-1, help="layers on the GPU (-1: all)")
+    n_threads: int | None = setting(None, ge=1, help="generation threads (default: all cores)")
+    n_threads_batch: int | None = setting(None, ge=1, help="prompt-processing threads (default: all cores)")
+    n_batch: int = setting(512, ge=1, help="prompt tokens evaluated per batch")
+    embedding: bool = setting(False, help="serve /v1/embeddings with this model (mean pooling)")
+    chat_format: str | None = setting(None, help="a llama-cpp-python chat format (default: the GGUF's template)")
+    prompt_cache: str | None = setting(None, choices=("ram", "disk"), help="keep evaluated prompts for reuse")
+    prompt_cache_dir: str | None = setting(None, help="directory of the disk prompt cache (default: next to the model)")
+    prompt_cache_mb: int = setting(1024, ge=0, help="prompt cache capacity in MB")
+    max_tokens_limit: int = setting(4096, ge=1, help="upper bound on max_tokens per request")
+    max_queue: int = setting(64, ge=0, help="requests waiting per model before 429")
+    verbose: bool = setting(False, help="print llama.cpp's log")
 
 
 @dataclasses.dataclass
 class WorkerSettings:
-    model: str                          # path of the .gguf file
-    model_id: str = ""                  # the name served; default: the file stem
-    host: str = "127.0.0.1"
-    port: int = 8080
-    n_ctx: int = DEFAULT_N_CTX          # 0: the context length the model was trained with
-    n_gpu_layers: int = 0               # -1: every layer on the GPU
-    n_threads: int | None = None        # None: llama.cpp's default (all cores)
-    n_threads_batch: int | None = None
-    n_batch: int = 512
-    embedding: bool = False
-    chat_format: str | None = None      # None: the chat template stored in the GGUF
-    prompt_cache: str | None = None     # None, "ram" or "disk"
-    prompt_cache_dir: str | None = None
-    prompt_cache_mb: int = 1024
-    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
-    max_queue: int = 64
-    verbose: bool = False
+    """One worker: the model, where it listens, and its knobs (``--help`` lists them)."""
+
+    model: str = dataclasses.field(metadata={"help": "path of the .gguf file"})
+    model_id: str = setting("", help="model name to serve (default: the file stem)")
+    host: str = setting("127.0.0.1", help="address to listen on")
+    port: int = setting(8080, ge=0, le=65535, help="port (0: a free one, printed once bound)")
+    knobs: GGUFKnobs = flatten(GGUFKnobs)
 
     @property
     def served_id(self) -> str:
-        if self.model_id:
-            return self.model_id
-        from pathlib import Path
+        return self.model_id or Path(self.model).stem
 
-        return Path(self.model).stem
 
-    def to_argv(self) -> list[str]:
-        """The flags that reproduce these settings (defaults left out)."""
-        argv: list[str] = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value == f.default or value is None:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                argv.append(flag)
-            else:
-                argv += [flag, str(value)]
-        if "--model" not in argv:  # required even when equal to the (empty) default
-            argv = ["--model", self.model, *argv]
-        return argv
+@dataclasses.dataclass
+class GGUFModel:
+    """One entry of ``models:``; knobs it leaves out take the backend-level value."""
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        a = parser.add_argument
-        a("--model", required=True, help="path of the .gguf file")
-        a("--model-id", default="", help="model name to serve (default: the file stem)")
-        a("--host", default="127.0.0.1")
-        a("--port", type=int, default=8080)
-        a("--n-ctx", type=int, default=DEFAULT_N_CTX, help="context length (0: the model's own)")
-        a("--n-gpu-layers", type=int, default=0, help="layers on the GPU (-1: all)")
-        a("--n-threads", type=int, help="generation threads (default: all cores)")
-        a("--n-threads-batch", type=int, help="prompt-processing threads (default: all cores)")
-        a("--n-batch", type=int, default=512)
-        a("--embedding", action="store_true", help="serve /v1/embeddings with this model")
-        a("--chat-format", help="a llama-cpp-python chat format (default: the GGUF's template)")
-        a("--prompt-cache", choices=["ram", "disk"], help="keep evaluated prompts for reuse")
-        a("--prompt-cache-dir", help="directory of the disk prompt cache")
-        a("--prompt-cache-mb", type=int, default=1024, help="prompt cache capacity")
-        a("--max-tokens-limit", type=int, default=DEFAULT_MAX_TOKENS_LIMIT,
-          help="upper bound on max_tokens per request")
-        a("--max-queue", type=int, default=64, help="requests waiting per model before 429")
-        a("--verbose", action="store_true", help="print llama.cpp's log")
+    path: str
+    name: str | None = None
+    preload: bool = False
+    overrides: dict[str, Any] = overrides_of(GGUFKnobs)
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> WorkerSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
-        return cls(**values)
+
+@dataclasses.dataclass
+class GGUFOptions:
+    """The ``gguf`` provider's backend keys (docs/gguf.md)."""
+
+    models_dir: str | None = None
+    models: list[str | GGUFModel] = dataclasses.field(default_factory=list)
+    demo_model: bool = False
+    idle_ttl_s: float | None = setting(None, ge=0)
+    startup_timeout_s: float = setting(120.0, gt=0)
+    max_loaded: int | None = setting(None, ge=1)
+    max_memory_gb: float | None = setting(None, gt=0)
+    defaults: GGUFKnobs = flatten(GGUFKnobs)

@@ -16,9 +16,11 @@ import aiohttp
 
 from router.errors import (
     Overloaded,
+    ResponseTooLarge,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamUnreachable,
+    WorkerCrashed,
     parse_retry_after,
 )
 from router.http_upstream import AiohttpUpstreamResponse, pooled_session
@@ -37,9 +39,11 @@ class LeasedResponse(AiohttpUpstreamResponse):
         self._process = process
         self._release: Callable[[], None] | None = release
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
         try:
-            return await super().read()
+            return await super().read(limit)
+        except (WorkerCrashed, ResponseTooLarge):  # explained already / not the process's fault
+            raise
         except UpstreamError as exc:
             raise (await self._process.crash_error() or exc) from exc
 

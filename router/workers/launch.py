@@ -147,7 +147,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         meta = flag.field.metadata
         text = meta.get("help") or ""
         default = flag.default
-        if default is not None and not flag.required and flag.kind is not bool:
+        if default not in (None, "") and flag.kind is not bool and "default" not in text:
             text = f"{text} (default: {default})" if text else f"default: {default}"
         kwargs: dict[str, Any] = {"help": text or None, "dest": flag.field.name}
         if flag.kind is bool:

@@ -116,8 +116,8 @@ class BatchScheduler(Generic[J]):
     """Up to ``max_batch`` jobs per engine call, at most ``max_queue`` waiting.
 
     Admission holds ``max_batch`` slots: jobs holding one are in the running call or
-    pending for the next one (which starts as soon as the running one ends, with every
-    pending job); the rest wait in the queue.
+    pending for the next one; the rest wait in the queue. When a call ends its slots go
+    to the waiters, and the next call takes every pending job (at most ``max_batch``).
     """
 
     def __init__(self, run_batch: Callable[[list[J]], object], max_batch: int, max_queue: int, *,
@@ -129,6 +129,7 @@ class BatchScheduler(Generic[J]):
         self.batches = 0
         self._pending: list[tuple[J, asyncio.Future[None]]] = []
         self._running: list[tuple[J, asyncio.Future[None]]] = []
+        self._scheduled = False
 
     async def submit(self, job: J) -> asyncio.Future[None]:
         """Wait for a slot (raises ``Overloaded`` when the queue is full); the job runs in
@@ -136,10 +137,18 @@ class BatchScheduler(Generic[J]):
         await self.admission.acquire()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((job, future))
-        self._next()
+        self._schedule()
         return future
 
+    def _schedule(self) -> None:
+        """Start the next call on the loop's next turn, so every job admitted in this turn
+        (the waiters a finished call just let in) goes into it."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._next)
+
     def _next(self) -> None:
+        self._scheduled = False
         if self._running or not self._pending:
             return
         batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
@@ -159,7 +168,7 @@ class BatchScheduler(Generic[J]):
                 _settle(future, None, error)
             self.batches += 1
             self._running = []
-            self._next()
+            self._schedule()
 
         self.thread.call(run).add_done_callback(done)
 
