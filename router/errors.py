@@ -47,6 +47,8 @@ class RouterError(Exception):
     retryable: bool = False
     #: The backend the error came from, if any (sent as X-Router-Backend).
     backend: str | None = None
+    #: The client's connection cannot be reused (e.g. its body was not read to the end).
+    close_connection: bool = False
 
     def __init__(
         self,
@@ -94,6 +96,7 @@ class InvalidRequest(RouterError):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
+    close_connection = True
 
 
 class ContextLengthExceeded(InvalidRequest):
@@ -113,6 +116,7 @@ class ContextLengthExceeded(InvalidRequest):
 class RequestTimeout(InvalidRequest):
     status = 408
     code = "request_timeout"
+    close_connection = True
 
 
 class MethodNotAllowed(InvalidRequest):

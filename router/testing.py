@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -58,6 +59,13 @@ class Behaviour:
     hang: bool = False              # never answer
     reset: bool = False             # drop the connection before answering
     die_after_chunks: int | None = None  # drop the connection mid-stream
+    omit_done: bool = False         # end the stream without data: [DONE]
+    omit_finish: bool = False       # ... and without the final finish_reason chunk
+    close_delimited: bool = False   # no chunked encoding, no length: the body ends at close
+    chunk_pad: int = 0              # extra bytes of content per stream chunk
+    body_pad: int = 0               # extra bytes in a non-streamed answer
+    body_pieces: int = 1            # write a non-streamed answer in this many pieces...
+    body_piece_delay_s: float = 0.0  # ... this far apart
 
 
 class FakeUpstream:
@@ -69,6 +77,8 @@ class FakeUpstream:
         self.behaviour = Behaviour()
         self.requests: list[dict[str, Any]] = []
         self.headers_seen: list[dict[str, str]] = []
+        self.record = True  # keep every request (off for long runs: the soak)
+        self.served = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.cancelled = 0
@@ -129,8 +139,10 @@ class FakeUpstream:
 
     async def _begin(self, request: web.Request) -> tuple[dict[str, Any], web.StreamResponse | None]:
         body = await request.json()
-        self.requests.append(body)
-        self.headers_seen.append(dict(request.headers))
+        self.served += 1
+        if self.record:
+            self.requests.append(body)
+            self.headers_seen.append(dict(request.headers))
         b = self.behaviour
         if b.hang:
             await asyncio.sleep(3600)
@@ -168,12 +180,28 @@ class FakeUpstream:
                 return early
             if body.get("stream"):
                 return await self._stream(request, body, chat)
-            return web.json_response(self._completion(body, chat))
+            return await self._whole(request, self._completion(body, chat))
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         finally:
             self.in_flight -= 1
+
+    async def _whole(self, request: web.Request, answer: dict[str, Any]) -> web.StreamResponse:
+        b = self.behaviour
+        if b.body_pad:
+            answer["x_pad"] = "x" * b.body_pad
+        data = jsonlib.dumps(answer)
+        if b.body_pieces <= 1:
+            return web.Response(body=data, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        step = -(-len(data) // b.body_pieces)
+        for start in range(0, len(data), step):
+            await response.write(data[start:start + step])
+            await asyncio.sleep(b.body_piece_delay_s)
+        await response.write_eof()
+        return response
 
     def _text(self, body: dict[str, Any]) -> str:
         return f"hello from {self.name}"
@@ -200,15 +228,10 @@ class FakeUpstream:
 
     async def _stream(self, request: web.Request, body: dict[str, Any], chat: bool) -> web.StreamResponse:
         b = self.behaviour
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
         created = int(time.time())
+        events: list[bytes] = []
         for i in range(b.chunks):
-            if b.die_after_chunks is not None and i == b.die_after_chunks:
-                assert request.transport is not None
-                request.transport.abort()
-                return response
-            piece = f"tok{i} "
+            piece = f"tok{i} " + "x" * b.chunk_pad
             if chat:
                 delta: dict[str, Any] = {"content": piece}
                 if i == 0:
@@ -222,24 +245,43 @@ class FakeUpstream:
             else:
                 chunk = {"id": "cmpl-fake", "object": "text_completion", "created": created,
                          "model": body["model"], "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
-            chunk["sent_at"] = time.time()
-            await response.write(b"data: " + jsonlib.dumps(chunk) + b"\n\n")
-            if b.chunk_delay_s:
+            events.append(b"data: " + jsonlib.dumps(chunk) + b"\n\n")
+        if not b.omit_finish:
+            final_choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+            if chat:
+                final_choice["delta"] = {}
+            else:
+                final_choice["text"] = ""
+            final: dict[str, Any] = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                                     "model": body["model"], "choices": [final_choice]}
+            events.append(b"data: " + jsonlib.dumps(final) + b"\n\n")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                         "model": body["model"], "choices": [],
+                         "usage": {"prompt_tokens": 5, "completion_tokens": b.chunks, "total_tokens": 5 + b.chunks}}
+                events.append(b"data: " + jsonlib.dumps(usage) + b"\n\n")
+        if not b.omit_done:
+            events.append(b"data: [DONE]\n\n")
+        if b.close_delimited:  # HTTP/1.0 style: the end of the body is the end of the connection
+            assert request.transport is not None
+            request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                    b"Connection: close\r\n\r\n" + b"".join(events))
+            request.transport.close()
+            raise asyncio.CancelledError
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, event in enumerate(events):
+            if b.die_after_chunks is not None and i == b.die_after_chunks:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            chunk_data = json.loads(event[6:]) if event.startswith(b"data: {") else None
+            if chunk_data is not None:  # stamped when sent, for the benchmark's lag figures
+                chunk_data["sent_at"] = time.time()
+                event = b"data: " + jsonlib.dumps(chunk_data) + b"\n\n"
+            await response.write(event)
+            if b.chunk_delay_s and i < b.chunks:
                 await asyncio.sleep(b.chunk_delay_s)
-        final_choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-        if chat:
-            final_choice["delta"] = {}
-        else:
-            final_choice["text"] = ""
-        final: dict[str, Any] = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
-                                 "model": body["model"], "choices": [final_choice]}
-        await response.write(b"data: " + jsonlib.dumps(final) + b"\n\n")
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
-                     "model": body["model"], "choices": [],
-                     "usage": {"prompt_tokens": 5, "completion_tokens": b.chunks, "total_tokens": 5 + b.chunks}}
-            await response.write(b"data: " + jsonlib.dumps(usage) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 

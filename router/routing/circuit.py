@@ -8,6 +8,7 @@ while without counting a failure (an upstream 429 with Retry-After).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 
@@ -21,7 +22,8 @@ class CircuitState(str, enum.Enum):
 
 
 class CircuitBreaker:
-    __slots__ = ("cfg", "state", "failures", "successes", "opened_at", "trial_in_flight", "cooled_until")
+    __slots__ = ("cfg", "state", "failures", "successes", "opened_at", "trial_in_flight", "cooled_until",
+                 "_trial_waiters")
 
     def __init__(self, cfg: CircuitBreakerConfig) -> None:
         self.cfg = cfg
@@ -31,6 +33,7 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self.trial_in_flight = False
         self.cooled_until = 0.0
+        self._trial_waiters: list[asyncio.Future[None]] = []
 
     def allows(self, now: float | None = None) -> bool:
         """Whether a request may be sent now (without reserving a half-open trial)."""
@@ -54,16 +57,16 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self.failures = 0
         if self.state is CircuitState.HALF_OPEN:
-            self.trial_in_flight = False
             self.successes += 1
             if self.successes >= self.cfg.success_threshold:
                 self.state = CircuitState.CLOSED
+            self._trial_ended()
 
     def record_failure(self) -> None:
-        self.trial_in_flight = False
         self.failures += 1
         if self.state is CircuitState.HALF_OPEN or self.failures >= self.cfg.failure_threshold:
             self.trip()
+        self._trial_ended()
 
     def trip(self) -> None:
         self.state = CircuitState.OPEN
@@ -71,7 +74,30 @@ class CircuitBreaker:
 
     def release_trial(self) -> None:
         """A half-open trial ended without a verdict (e.g. the client went away)."""
+        self._trial_ended()
+
+    @property
+    def trial_pending(self) -> bool:
+        """A half-open trial is in flight: its verdict may reopen the circuit soon."""
+        return self.state is CircuitState.HALF_OPEN and self.trial_in_flight
+
+    def trial_settled(self) -> asyncio.Future[None]:
+        """A future done when the trial in flight ends (for requests that would rather
+        wait for its verdict than fail while the backend is probably back)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.trial_pending:
+            future.set_result(None)
+        else:
+            self._trial_waiters.append(future)
+        return future
+
+    def _trial_ended(self) -> None:
         self.trial_in_flight = False
+        if self._trial_waiters:
+            waiters, self._trial_waiters = self._trial_waiters, []
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
 
     def cool_down(self, seconds: float) -> None:
         self.cooled_until = max(self.cooled_until, time.monotonic() + seconds)

@@ -16,8 +16,12 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from router.errors import ModelNotFound, NoBackendAvailable, Overloaded, RouterError, shown
 from router.provider import UpstreamResponse
 from router.request import ProxyRequest
-from router.routing.backend import Backend
+from router.routing.backend import Backend, BackendView
 from router.state import RouterState
+
+
+#: How long a request waits for half-open trials' verdicts when no backend is available.
+TRIAL_WAIT_S = 5.0
 
 
 class Exchange:
@@ -47,10 +51,10 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
     if not serving and await state.backends.refresh_for_unknown_model(request.target_model):
         serving = index.get(request.target_model)
     if not serving:
-        available = ", ".join(m for m, _, _ in index.served()) or "none"
+        served = ", ".join(m for m, _, _ in index.served()) or "none"
         raise ModelNotFound(
             f"The model {shown(request.model)} does not exist or is not served by any backend. "
-            f"Available models: {available}",
+            f"Available models: {served}",
             param="model",
         )
     strategy = index.strategy_for(request.target_model)
@@ -60,17 +64,45 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
     last_error: RouterError | None = None
     exhausted = False  # no candidate left: the last error is final, never retried
 
+    target = request.target_model
+    serving_now: list[Backend] = serving
+
+    def available(now: float) -> list[BackendView]:
+        return [
+            b.view for b in (index.get(target) or serving_now)
+            if b.name not in tried and b.available(now)
+            and not (b.model_cooldowns and b.cooling(b.config.aliases.get(target, target), now))
+        ]
+
+    async def wait_for_trials(now: float) -> list[BackendView]:
+        """No backend now, but some circuit is half-open with its trial in flight: wait
+        for the verdicts (usually milliseconds) rather than fail while a backend is
+        probably back. Bounded by TRIAL_WAIT_S and the request's deadline."""
+        until = now + TRIAL_WAIT_S
+        while True:
+            trials = [b.circuit.trial_settled() for b in serving
+                      if b.name not in tried and b.circuit.trial_pending and b.healthy is not False
+                      and not b.draining]
+            if not trials or now >= until:
+                for future in trials:
+                    future.cancel()
+                return []
+            await asyncio.wait(trials, timeout=until - now, return_when=asyncio.FIRST_COMPLETED)
+            for future in trials:
+                future.cancel()
+            now = time.monotonic()
+            candidates = available(now)
+            if candidates:
+                return candidates
+
     async def attempt_once() -> Exchange:
         nonlocal last_error, exhausted
         if tried:
             stats.retries += 1
         now = time.monotonic()
-        target = request.target_model
-        candidates = [
-            b.view for b in (index.get(target) or serving)
-            if b.name not in tried and b.available(now)
-            and not (b.model_cooldowns and b.cooling(b.config.aliases.get(target, target), now))
-        ]
+        candidates = available(now)
+        if not candidates and last_error is None:
+            candidates = await wait_for_trials(now)
         if candidates and hooks.has_filter_backends:
             candidates = list(await hooks.filter_backends(request, candidates))
         if not candidates:

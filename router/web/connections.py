@@ -76,10 +76,13 @@ class GuardedRequestHandler(RequestHandler):
         code = "bad_request"
         text = str(exc or message or "malformed HTTP request")
         if isinstance(exc, LineTooLong):
-            if "header" in text.lower() or "field" in text.lower():
-                status, code = 431, "request_header_fields_too_large"
-            else:
+            # aiohttp says only what it was reading: the request line starts with the
+            # target ("/..."), a header line with its name.
+            line = text.partition("when reading: ")[2].removeprefix("bytearray(").lstrip("b'\"")
+            if line.startswith(("/", "http:", "https:", "*")):
                 status, code = 414, "uri_too_long"
+            else:
+                status, code = 431, "request_header_fields_too_large"
         elif "too many headers" in text.lower():
             status, code = 431, "request_header_fields_too_large"
         response = web.Response(status=status, body=_envelope(status, f"malformed HTTP request: {text[:300]}", code),
@@ -98,6 +101,9 @@ class GuardedAppRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, limits: ConnectionLimits, **kwargs: Any) -> None:
         kwargs.setdefault("keepalive_timeout", limits.keepalive_timeout_s)
+        # After an answer to a request whose body was not read (408, 413), aiohttp keeps
+        # reading ("lingering") before it closes, 10 s by default; a trickler gets 1 s.
+        kwargs.setdefault("lingering_time", 1.0)
         super().__init__(app, **kwargs)
         self.limits = limits
         self._sweeper: asyncio.Task[None] | None = None

@@ -48,7 +48,10 @@ def json_response(data: object, status: int = 200, headers: dict[str, str] | Non
 def error_response(error: RouterError, request_id: str) -> web.Response:
     headers = error.headers()
     headers["X-Request-ID"] = request_id
-    return web.Response(body=error.body(), status=error.status, content_type=JSON, headers=headers)
+    response = web.Response(body=error.body(), status=error.status, content_type=JSON, headers=headers)
+    if error.close_connection:
+        response.force_close()
+    return response
 
 
 def body_too_large(request: web.Request, exc: web.HTTPRequestEntityTooLarge) -> PayloadTooLarge:

@@ -56,3 +56,23 @@ def test_cli_models_lists_each_backend(upstreams, tmp_path):
     assert "alpha: m1, m2" in lines
     assert any(line.startswith("down: unavailable: ") for line in lines)
     assert "alias fast -> m1" in lines
+
+
+def test_serve_says_it_is_open_and_warns_off_loopback(tmp_path):
+    from router.testing import free_port
+
+    cfg = write_config(tmp_path / "c.yaml", {"backends": []})
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg),
+                             "--host", "0.0.0.0", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = "".join(lines)
+    assert f"Router listening on http://0.0.0.0:{port}" in text
+    assert "no client authentication" in text
+    assert "WARNING" in text and "not a loopback address" in text
