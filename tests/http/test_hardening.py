@@ -298,3 +298,21 @@ def test_every_answer_carries_a_request_id(upstreams, start_router):
         assert headers.get("X-Request-ID"), path
     _, headers, _ = get(f"{router.url}/health", {"X-Request-ID": "mine-1"})
     assert headers["X-Request-ID"] == "mine-1"
+
+
+async def test_requests_wait_for_a_half_open_trial_instead_of_failing(upstreams, start_router):
+    up = upstreams()
+    up.behaviour.fail_status = 500
+    router = start_router({"routing": {"retries": 0},
+                           "circuit_breaker": {"failure_threshold": 1, "cooldown_s": 0.3},
+                           "backends": [backend("a", up)]})
+    assert post(f"{router.url}/v1/chat/completions", {"model": "test-model", "messages": HI})[0] == 500
+    up.behaviour.fail_status, up.behaviour.delay_s = None, 0.3  # back, and slow
+    await asyncio.sleep(0.35)  # the circuit may let one trial through now
+    async with aiohttp.ClientSession() as session:
+        async def chat() -> int:
+            async with session.post(f"{router.url}/v1/chat/completions",
+                                    json={"model": "test-model", "messages": HI}) as resp:
+                return resp.status
+        statuses = await asyncio.gather(*(chat() for _ in range(5)))
+    assert statuses == [200] * 5  # one was the trial; four waited for its verdict
