@@ -13,7 +13,7 @@ Worker side:
     ``BatchScheduler``; ``Job`` bridges the engine's thread and the loop.
 Between them: the stderr protocol lines (``listening_line``, ``load_failed_line``).
 Settings dataclasses become worker flags and back with ``add_flags``/``from_flags``/
-``to_flags``. Nothing here names an engine; ``plugins.gguf`` is built on it.
+``to_flags``. Nothing here names an engine; the built-in engine plugins are built on it.
 """
 
 from router.workers.bridge import STREAMING, Job, Operation, Result

@@ -1,8 +1,8 @@
 """What an engine implements to be served by a worker (``router.workers.server``).
 
 An engine is synchronous and runs on the worker's engine thread: ``load`` once, then one
-call per request (``max_batch == 1``, as llama.cpp needs), or batches of requests through
-``run_batch`` (``max_batch > 1``). It raises ``router.errors`` classes: ``InvalidRequest``
+call per request (``max_batch == 1``, for engines that run one sequence at a time), or
+batches of requests through ``run_batch`` (``max_batch > 1``). It raises ``router.errors`` classes: ``InvalidRequest``
 (bad parameters, 400), ``ContextLengthExceeded``, ``EngineError``, and on load
 ``ModelLoadFailed`` with a code saying what went wrong (classified here, once).
 
@@ -39,7 +39,7 @@ class Extension:
 class Engine(abc.ABC):
     #: ``owned_by`` in ``/v1/models``.
     owned_by: ClassVar[str] = "local"
-    #: Names the engine in errors ("llama.cpp failed: ...").
+    #: Names the engine in errors ("<label> failed: ...").
     label: ClassVar[str] = "the engine"
     #: Requests run together: 1 runs each alone through ``chat``/``complete``/``embed``;
     #: more sends up to this many at once through ``run_batch``.

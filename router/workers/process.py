@@ -1,8 +1,9 @@
 """Supervision of one worker process: start it, know when it is ready, notice when it dies.
 
-States follow llama-swap's process machinery: stopped -> starting -> ready -> stopping,
-plus failed (it could not load, or it died on its own). ``ensure_ready`` is idempotent
-and runs under a lock, so concurrent first requests share one start. Readiness is the
+States follow the process machinery of on-demand model swappers: stopped -> starting ->
+ready -> stopping, plus failed (it could not load, or it died on its own).
+``ensure_ready`` is idempotent and runs under a lock, so concurrent first requests share
+one start. Readiness is the
 worker's listening line (``router.workers.protocol``) then its health path answering 200,
 or, for a fixed port, the health path alone. A worker that exits while loading is
 reported with the code and message it printed, else with the tail of its log; one that
@@ -64,7 +65,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class ManagedProcess:
     """One worker process, started on demand, stopped with SIGTERM then SIGKILL.
 
-    ``label`` names it in logs and errors ("gguf worker for 'qwen'"). ``session`` is
+    ``label`` names it in logs and errors ("myengine worker for 'qwen'"). ``session`` is
     only used for health checks.
     """
 

@@ -2,8 +2,8 @@
 model failed to load.
 
 ``{name} worker: listening on http://HOST:PORT`` is printed once the socket is bound (a
-worker started with port 0 tells its supervisor the port this way; docs/gguf.md shows it
-to users). ``{name} worker: load failed: {"code": ..., "message": ...}`` carries the
+worker started with port 0 tells its supervisor the port this way; users see it in the
+engine's docs). ``{name} worker: load failed: {"code": ..., "message": ...}`` carries the
 error's code and message as JSON: the engine classifies a load failure once, and the
 supervisor raises ``ModelLoadFailed`` with that code, never guessing it from text.
 """

@@ -5,8 +5,8 @@ bounded queue: past ``max_queue`` waiting, ``Overloaded`` with a ``Retry-After``
 from how long slots are held) and run the engine on one dedicated thread, so the event
 loop stays free for ``/health`` and streaming.
 
-``SingleSlotScheduler``: one job at a time (a llama.cpp context generates one sequence at
-a time; two calls at once crash it). ``BatchScheduler``: up to ``max_batch`` jobs go
+``SingleSlotScheduler``: one job at a time (for engines whose context generates one
+sequence at a time, where two calls at once can crash the process). ``BatchScheduler``: up to ``max_batch`` jobs go
 through one engine call together; more wait in the queue for the next call.
 
 A slot is freed when the engine is done with the job, not when a handler gives up (a

@@ -100,7 +100,8 @@ class WorkerServer:
         self.loaded = True
 
     def close(self) -> None:
-        self.thread.close()
+        """Let a running generation see its stop flag and end (not at a load: exit now)."""
+        self.thread.close(timeout=5.0 if self.loaded else 0.0)
 
     # -- endpoints -----------------------------------------------------------------------------
 

@@ -129,6 +129,22 @@ async def test_concurrent_first_callers_share_one_start(client: WorkerClient, su
     assert sum("starting echo worker for 'echo'" in r.getMessage() for r in caplog.records) == 1
 
 
+async def test_stop_while_loading_ends_the_start_at_once(supervise: Any) -> None:
+    process: ManagedProcess = supervise(echo_launch("--load-s", "30"))
+    start = asyncio.create_task(process.ensure_ready())
+    for _ in range(500):
+        if process.port is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert process.state is State.STARTING
+    began = time.monotonic()
+    await process.stop()
+    assert time.monotonic() - began < 2.5  # the worker exited on SIGTERM, mid-load
+    assert process.state is State.STOPPED and process.last_exit == "exit status 0"
+    with pytest.raises(ModelLoadFailed, match="exited while loading"):
+        await start
+
+
 # -- load failures --------------------------------------------------------------------------
 
 
@@ -173,7 +189,7 @@ async def test_startup_timeout_kills_the_process(supervise: Any) -> None:
 
 async def test_crash_mid_stream_is_described_and_the_next_request_restarts(client: WorkerClient,
                                                                            supervise: Any) -> None:
-    process: ManagedProcess = supervise(echo_launch())
+    process: ManagedProcess = supervise(echo_launch("--token-s", "0.05"))  # headers out before it dies
     await process.ensure_ready()
     first_pid = process.pid
     released = Releases()
@@ -317,7 +333,7 @@ async def test_extension_by_its_route_and_by_a_flag_in_a_chat_body(client: Worke
 
 
 async def test_a_batching_engine_serves_waiting_requests_in_one_call(client: WorkerClient, supervise: Any) -> None:
-    process: ManagedProcess = supervise(echo_launch("--max-batch", "4", "--token-s", "0.3"))
+    process: ManagedProcess = supervise(echo_launch("--max-batch", "4", "--token-s", "0.5"))
     url = await process.ensure_ready()
 
     async def one(i: int) -> dict[str, Any]:
@@ -328,7 +344,10 @@ async def test_a_batching_engine_serves_waiting_requests_in_one_call(client: Wor
             response.close()
 
     first = asyncio.create_task(one(0))
-    await asyncio.sleep(0.1)  # the first call is running; the next four gather meanwhile
+    for _ in range(200):  # the first call is running; the next four gather meanwhile
+        if (await get_json(client.session, f"{url}/health"))[1]["queue"]["running"] == 1:
+            break
+        await asyncio.sleep(0.005)
     rest = asyncio.gather(*(one(i) for i in range(1, 5)))
     results = [await first, *await rest]
     assert [r["choices"][0]["message"]["content"] for r in results] == [f"echo: n{i}" for i in range(5)]
