@@ -186,10 +186,12 @@ class GGUFProvider(Provider):
         return ModelCard(id=model_id, owned_by="gguf", extra=extra)
 
     def declared_models(self) -> list[ModelCard]:
+        """The models named in the config and the files found in models_dir (reading the
+        folder needs no engine), so while the backend cannot serve (the engine is not
+        installed, say) a request for one gets 503 with the reason, not 404."""
         out = []
-        for entry in self.options.models:
-            path = Path(entry if isinstance(entry, str) else entry.path)
-            name = path.stem if isinstance(entry, str) else (entry.name or path.stem)
+        for entry in self._entries():
+            name = entry.name or Path(entry.path).stem
             out.append(ModelCard(id=name, owned_by="gguf"))
         return out
 

@@ -454,6 +454,22 @@ backends:
             c.chat.completions.create(model="tiny", messages=HELLO)
         assert info.value.status_code == 503
         assert "pip install '.[gguf]'" in info.value.message
+    # The same for a model found in models_dir (no engine is needed to list the folder).
+    folder = tmp_path / "dir-models"
+    folder.mkdir()
+    (folder / "found.gguf").write_bytes(files["model"].read_bytes())
+    config.write_text(f"""
+backends:
+  - name: local
+    provider: gguf
+    models_dir: {folder}
+""")
+    with RouterProcess(config, env={"PYTHONPATH": f"{blocker}{os.pathsep}{ROOT}"}) as proc:
+        c = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as info:
+            c.chat.completions.create(model="found", messages=HELLO)
+        assert info.value.status_code == 503, info.value.message
+        assert "pip install '.[gguf]'" in info.value.message
 
 
 def test_idle_worker_is_stopped_and_memory_returned(files: dict[str, Path], tmp_path: Path) -> None:
