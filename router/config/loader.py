@@ -59,6 +59,11 @@ class _Loader:
             args = typing.get_args(tp)
             if _is_null(node) and type(None) in args:
                 return None
+            # When the node's kind fits one member only (a mapping: a dataclass or a dict;
+            # a list: a list), that member's own error is the one worth reporting.
+            fitting = [a for a in args if a is not type(None) and _fits(a, node)]
+            if len(fitting) == 1:
+                return self.build(fitting[0], node, key)
             errors = []
             for arg in args:
                 if arg is type(None):
@@ -330,6 +335,16 @@ def parse_backend(
 
 def _join(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
+
+
+def _fits(tp: Any, node: yaml.Node) -> bool:
+    """Whether a node of this kind could be a value of ``tp`` at all."""
+    origin = typing.get_origin(tp)
+    if isinstance(node, yaml.MappingNode):
+        return origin is dict or (isinstance(tp, type) and dataclasses.is_dataclass(tp)) or tp is Any
+    if isinstance(node, yaml.SequenceNode):
+        return origin is list or tp is Any
+    return origin not in (dict, list) and not (isinstance(tp, type) and dataclasses.is_dataclass(tp))
 
 
 def _is_null(node: yaml.Node) -> bool:

@@ -95,3 +95,22 @@ def test_env_default_and_empty_file(tmp_path):
         load_config(empty, PROVIDERS)
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml", PROVIDERS)
+
+
+def test_an_error_inside_a_union_member_is_reported_where_it_is():
+    # gguf's models: entries are "a path or a mapping"; a mapping's own error must show,
+    # not "expected a string or a mapping".
+    text = """\
+backends:
+  - name: local
+    provider: gguf
+    models:
+      - /models/a.gguf
+      - name: b
+        path: /models/b.gguf
+        n_ctx: -5
+"""
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    assert (err.value.key, err.value.line) == ("backends[0].models[1].n_ctx", 8)
+    assert "must be at least 0" in err.value.message
