@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from aiohttp import web
@@ -347,7 +347,33 @@ class BackgroundLoop:
         self._thread.join(5)
 
 
-class RouterServer:
+class _RunningRouter:
+    """What RouterServer and RouterProcess share: a URL, a captured log, ``with`` support."""
+
+    port: int
+    lines: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RouterServer(_RunningRouter):
     """The router in-process on a real port, in a ``BackgroundLoop`` (so synchronous
     clients can block while it answers), loaded from a config file as ``serve`` does.
     Same surface as ``RouterProcess``: ``url``, ``start()``, ``stop()``, ``log()``."""
@@ -358,15 +384,11 @@ class RouterServer:
         self.loop = loop
         self.port = port or 0
         self.plugins = plugins
-        self.records: list[str] = []
+        self.lines: list[str] = []
         self._runner: GuardedAppRunner | None = None
         self._handler: logging.Handler | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> RouterServer:
+    def start(self, timeout: float = 30.0) -> Self:
         self.loop.run(self._start(), timeout)
         return self
 
@@ -388,11 +410,11 @@ class RouterServer:
         self.port = bound_port(site, self.port)
 
     def _capture_logs(self) -> None:
-        records = self.records
+        lines = self.lines
 
         class Capture(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
-                records.append(self.format(record) + "\n")
+                lines.append(self.format(record) + "\n")
 
         self._handler = Capture(logging.INFO)
         self._handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -408,17 +430,9 @@ class RouterServer:
             logging.getLogger("router").removeHandler(self._handler)
             self._handler = None
 
-    def log(self) -> str:
-        return "".join(self.records)
-
-    def __enter__(self) -> RouterServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
-class RouterProcess:
+class RouterProcess(_RunningRouter):
     """The router started as a user starts it: ``python -m router serve --config PATH``."""
 
     def __init__(self, config_path: str | Path, *, env: dict[str, str] | None = None,
@@ -430,13 +444,9 @@ class RouterProcess:
         self.env = {**os.environ, **(env or {})}
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[str] | None = None
-        self.output: list[str] = []
+        self.lines: list[str] = []
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> RouterProcess:
+    def start(self, timeout: float = 30.0) -> Self:
         cmd = [sys.executable, "-m", "router", "serve", "--config", self.config_path,
                "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -446,13 +456,13 @@ class RouterProcess:
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError("router exited before it was ready:\n" + "".join(self.output))
-            self.output.append(line)
+                raise RuntimeError("router exited before it was ready:\n" + "".join(self.lines))
+            self.lines.append(line)
             if line.startswith("Router listening on "):
                 self._drain()
                 return self
         self.stop()
-        raise RuntimeError("router did not become ready:\n" + "".join(self.output))
+        raise RuntimeError("router did not become ready:\n" + "".join(self.lines))
 
     def _drain(self) -> None:
         """Keep reading the router's output in the background so its pipe never fills."""
@@ -461,7 +471,7 @@ class RouterProcess:
         def pump() -> None:
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
-                self.output.append(line)
+                self.lines.append(line)
 
         threading.Thread(target=pump, daemon=True).start()
 
@@ -474,14 +484,6 @@ class RouterProcess:
                 self.proc.kill()
                 self.proc.wait()
 
-    def log(self) -> str:
-        return "".join(self.output)
-
-    def __enter__(self) -> RouterProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @contextlib.asynccontextmanager
