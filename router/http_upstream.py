@@ -16,15 +16,16 @@ from router.errors import ResponseTooLarge, UpstreamError, UpstreamTimeout
 from router.provider import UpstreamResponse
 
 
-def pooled_session(connect_timeout_s: float) -> aiohttp.ClientSession:
+def pooled_session(connect_timeout_s: float, *, skip_auto_headers: tuple[str, ...] = ()) -> aiohttp.ClientSession:
     """One pooled session per backend. The first-byte and idle-read limits are applied per
     phase (around ``send`` and while reading), so the session only bounds connecting.
-    Callers send their own fixed User-Agent (aiohttp would rebuild its default per request)."""
+    Callers send a fixed User-Agent of their own (aiohttp would rebuild its default per
+    request); ``skip_auto_headers`` costs a little per request, so it is empty by default."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, ttl_dns_cache=300),
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout_s),
         auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
+        skip_auto_headers=skip_auto_headers or None,
     )
 
 
@@ -90,15 +91,18 @@ class AiohttpUpstreamResponse(UpstreamResponse):
         """The whole body, with ``read_timeout`` as the longest silence between two pieces
         of it (as for streams, not a total), and at most ``limit`` bytes."""
         response = self._response
+        if response.content.is_eof():  # all of it is here already: no watchdog needed
+            try:
+                body = await response.read()
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"the backend connection failed mid-response: {exc}") from exc
+            if limit is not None and len(body) > limit:
+                raise too_large(limit)
+            return body
         length = response.content_length
         if limit is not None and length is not None and length > limit:
             response.close()
             raise too_large(limit)
-        if response.content.is_eof():  # all of it is here already: no watchdog needed
-            try:
-                return await response.read()
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"the backend connection failed mid-response: {exc}") from exc
         parts: list[bytes] = []
         size = 0
         async for chunk in self.iter_chunks():

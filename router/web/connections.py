@@ -60,13 +60,13 @@ class GuardedRequestHandler(RequestHandler):
         self.head_started = self._loop.time()  # a connection that sends nothing is bounded too
 
     def data_received(self, data: bytes) -> None:
-        idle = self._waiter is not None and not self._waiter.done()
-        if idle and self.head_started is None:
-            self.head_started = self._loop.time()
         before = self._request_count
         super().data_received(data)
-        if self._request_count != before:
+        if self._request_count != before:  # a whole request head arrived
             self.head_started = None
+        elif self.head_started is None and self._waiter is not None and not self._waiter.done():
+            # Between requests, part of the next head arrived: its clock starts now.
+            self.head_started = self._loop.time()
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:

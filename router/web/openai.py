@@ -42,7 +42,11 @@ def proxy_handler(endpoint: str) -> Handler:
                 # routing.timeout_s bounds the whole request up to the response headers,
                 # reading the client's body included.
                 async with deadline(routing_timeout):
-                    body = await _read_body(request, state.config.server.body_timeout_s)
+                    try:  # the common case: the body arrived with the headers, no timer needed
+                        body = (await request.read() if request.content.is_eof()
+                                else await _read_body(request, state.config.server.body_timeout_s))
+                    except web.HTTPRequestEntityTooLarge as exc:
+                        raise body_too_large(request, exc) from exc
                     proxy_request.parse_body(body)
                     if hooks.has_prepare_request:
                         await hooks.prepare_request(proxy_request)
@@ -80,17 +84,10 @@ def proxy_handler(endpoint: str) -> Handler:
 
 
 async def _read_body(request: web.Request, timeout_s: float) -> bytes:
-    """The client's body, bounded in size (``server.max_body_mb``) and in time."""
-    if request.content.is_eof():  # all of it arrived with the headers: no timer needed
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise body_too_large(request, exc) from exc
+    """A body still arriving, bounded in time (in size by ``server.max_body_mb``)."""
     try:
         async with deadline(timeout_s):
             return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise body_too_large(request, exc) from exc
     except TimeoutError as exc:
         raise RequestTimeout(
             f"the request body did not arrive within server.body_timeout_s = {timeout_s:g}s"

@@ -66,7 +66,7 @@ class WorkerClient:
     ``ManagedProcess`` health checks use)."""
 
     def __init__(self, *, connect_timeout_s: float, read_timeout_s: float) -> None:
-        self.session = pooled_session(connect_timeout_s)
+        self.session = pooled_session(connect_timeout_s, skip_auto_headers=("User-Agent",))
         self.read_timeout_s = read_timeout_s
 
     async def post(self, process: ManagedProcess, path: str, body: bytes, *,
