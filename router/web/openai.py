@@ -58,6 +58,10 @@ def proxy_handler(endpoint: str) -> Handler:
                         status = response.status
                         return response
             except TimeoutError as exc:
+                if not proxy_request.body:  # still reading the client's body: the client is slow
+                    raise RequestTimeout(
+                        f"the request body did not arrive within routing.timeout_s = {routing_timeout:g}s"
+                    ) from exc
                 raise UpstreamTimeout(f"no response within routing.timeout_s = {routing_timeout:g}s") from exc
             stream_response = await relay_stream(request, exchange, proxy_request.request_id, chain)
             status = stream_response.status

@@ -316,3 +316,15 @@ async def test_requests_wait_for_a_half_open_trial_instead_of_failing(upstreams,
                 return resp.status
         statuses = await asyncio.gather(*(chat() for _ in range(5)))
     assert statuses == [200] * 5  # one was the trial; four waited for its verdict
+
+
+def test_routing_timeout_covers_reading_the_body(upstreams, start_router):
+    up = upstreams()
+    router = start_router({"server": {"body_timeout_s": 30}, "routing": {"timeout_s": 0.5},
+                           "backends": [backend("a", up)]})
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    started = time.monotonic()
+    answer = raw_exchange(router.port, head, wait_s=5)
+    assert answer.startswith(b"HTTP/1.1 408") and b"routing.timeout_s = 0.5s" in answer
+    assert time.monotonic() - started < 3 and up.requests == []
