@@ -387,6 +387,7 @@ class RouterServer(_RunningRouter):
         self.lines: list[str] = []
         self._runner: GuardedAppRunner | None = None
         self._handler: logging.Handler | None = None
+        self._level = logging.NOTSET
 
     def start(self, timeout: float = 30.0) -> Self:
         self.loop.run(self._start(), timeout)
@@ -419,6 +420,7 @@ class RouterServer(_RunningRouter):
         self._handler = Capture(logging.INFO)
         self._handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger = logging.getLogger("router")
+        self._level = logger.level
         logger.addHandler(self._handler)
         logger.setLevel(logging.INFO)
 
@@ -427,7 +429,9 @@ class RouterServer(_RunningRouter):
             runner, self._runner = self._runner, None
             self.loop.run(runner.cleanup())
         if self._handler is not None:
-            logging.getLogger("router").removeHandler(self._handler)
+            logger = logging.getLogger("router")
+            logger.removeHandler(self._handler)
+            logger.setLevel(self._level)
             self._handler = None
 
 
