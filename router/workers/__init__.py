@@ -9,8 +9,9 @@ Router side:
     ``WorkerClient`` (posting, lease-tracked ``LeasedResponse``).
 Worker side:
     an ``Engine`` (load, chat, complete, embed, ``Extension``s)  served by
-    ``run_worker`` / ``WorkerServer`` with a ``SingleSlotScheduler`` or a
-    ``BatchScheduler``; ``Job`` bridges the engine's thread and the loop.
+    ``run_worker`` / ``WorkerServer`` with a ``SingleSlotScheduler``, a
+    ``BatchScheduler`` or a ``ContinuousScheduler`` (jobs join and leave an engine's
+    running loop through an ``Inbox``); ``Job`` bridges the engine's thread and the loop.
 Between them: the stderr protocol lines (``listening_line``, ``load_failed_line``).
 Settings dataclasses become worker flags and back with ``add_flags``/``from_flags``/
 ``to_flags``. Nothing here names an engine; the built-in engine plugins are built on it.
@@ -31,7 +32,13 @@ from router.workers.protocol import (
     parse_line,
     serving_line,
 )
-from router.workers.scheduling import BatchScheduler, EngineThread, SingleSlotScheduler
+from router.workers.scheduling import (
+    BatchScheduler,
+    ContinuousScheduler,
+    EngineThread,
+    Inbox,
+    SingleSlotScheduler,
+)
 from router.workers.server import LOAD_FAILED_STATUS, WorkerServer, run_worker, serve
 
 __all__ = [
@@ -46,7 +53,7 @@ __all__ = [
     # the worker side
     "Engine", "Extension", "Job", "Operation", "Result", "STREAMING",
     "WorkerServer", "serve", "run_worker", "LOAD_FAILED_STATUS",
-    "SingleSlotScheduler", "BatchScheduler", "EngineThread",
+    "SingleSlotScheduler", "BatchScheduler", "ContinuousScheduler", "Inbox", "EngineThread",
     # the stderr protocol
     "listening_line", "serving_line", "load_failed_line", "parse_line", "Listening", "LoadFailed",
 ]

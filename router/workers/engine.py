@@ -2,7 +2,9 @@
 
 An engine is synchronous and runs on the worker's engine thread: ``load`` once, then one
 call per request (``max_batch == 1``, for engines that run one sequence at a time), or
-batches of requests through ``run_batch`` (``max_batch > 1``). It raises ``router.errors`` classes: ``InvalidRequest``
+batches of requests through ``run_batch`` (``max_batch > 1``), or, with ``continuous``
+set, one long ``run_continuous`` call that lets requests join and leave between its
+steps (continuous batching). It raises ``router.errors`` classes: ``InvalidRequest``
 (bad parameters, 400), ``ContextLengthExceeded``, ``EngineError``, and on load
 ``ModelLoadFailed`` with a code saying what went wrong (classified here, once).
 
@@ -21,6 +23,7 @@ from typing import Any, ClassVar
 
 from router.errors import InvalidRequest
 from router.workers.bridge import Job, Operation, Result
+from router.workers.scheduling import Inbox
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,9 @@ class Engine(abc.ABC):
     #: Requests run together: 1 runs each alone through ``chat``/``complete``/``embed``;
     #: more sends up to this many at once through ``run_batch``.
     max_batch: int = 1
+    #: With ``max_batch > 1``: serve jobs through ``run_continuous`` (continuous
+    #: batching: a job joins between steps and leaves when done) instead of ``run_batch``.
+    continuous: bool = False
 
     @property
     @abc.abstractmethod
@@ -82,6 +88,14 @@ class Engine(abc.ABC):
         (``job.result``, or ``job.chunk`` per chunk then ``job.end``, or ``job.fail``).
         Jobs whose ``stop`` is set may be skipped (their client has gone)."""
         raise NotImplementedError(f"{type(self).__name__} sets max_batch > 1 but has no run_batch")
+
+    def run_continuous(self, inbox: Inbox[Job]) -> None:
+        """Continuous batching (``continuous = True``): the engine's loop. Between steps,
+        take newly admitted jobs (``inbox.take()``); hand each its outcome as for
+        ``run_batch``; call ``inbox.done(job)`` once per job when finished with it (its
+        slot is freed then); holding no job, return once ``inbox.finish()`` is True. Jobs
+        whose ``stop`` is set should be dropped at the next step (their client has gone)."""
+        raise NotImplementedError(f"{type(self).__name__} sets continuous but has no run_continuous")
 
     def operation(self, endpoint: str) -> Operation:
         """The method serving an OpenAI endpoint (``chat/completions``, ...)."""

@@ -50,6 +50,8 @@ class _Entry(Generic[M]):
     memory_gb: float
     leases: int = 0
     last_used: float = 0.0
+    #: This member's idle TTL: None takes the pool's, 0 keeps it loaded.
+    ttl_s: float | None = None
 
 
 class Lease(Generic[M]):
@@ -83,10 +85,15 @@ class ModelPool(Generic[M]):
 
     # -- members ---------------------------------------------------------------------------------
 
-    def add(self, name: str, member: M, *, memory_gb: float = 0.0) -> None:
+    def add(self, name: str, member: M, *, memory_gb: float = 0.0, ttl_s: float | None = None) -> None:
+        """Add a member; ``ttl_s`` is its own idle TTL (None: the pool's; 0: never unloaded
+        for being idle)."""
         if name in self._entries:
             raise KeyError(f"{name!r} is in the pool already")
-        self._entries[name] = _Entry(name, member, memory_gb, last_used=self.clock())
+        self._entries[name] = _Entry(name, member, memory_gb, last_used=self.clock(), ttl_s=ttl_s)
+
+    def _ttl(self, entry: _Entry[M]) -> float | None:
+        return (entry.ttl_s or None) if entry.ttl_s is not None else self.ttl_s
 
     def remove(self, name: str) -> bool:
         """Forget an unloaded, unleased member; False if it is still loaded or leased."""
@@ -188,12 +195,12 @@ class ModelPool(Generic[M]):
 
     async def reap(self) -> list[str]:
         """Unload every model idle for longer than the TTL; their names."""
-        if self.ttl_s is None:
-            return []
-        ttl = self.ttl_s
         stopped: list[str] = []
         async with self._lock:
             for entry in list(self._entries.values()):
+                ttl = self._ttl(entry)
+                if ttl is None:
+                    continue
                 if entry.member.loaded and not entry.leases and self.clock() - entry.last_used > ttl:
                     self.log.info("unloading %r after %gs idle", entry.name, ttl)
                     await entry.member.stop()
@@ -201,10 +208,14 @@ class ModelPool(Generic[M]):
         return stopped
 
     def start_reaper(self, interval_s: float | None = None) -> None:
-        """Check for idle models every ``interval_s`` (default: TTL/2, at most 5 s)."""
-        if self.ttl_s is None or self._reaper is not None:
+        """Check for idle models every ``interval_s`` (default: the shortest TTL/2, at most
+        5 s); nothing to do when no member has a TTL."""
+        ttls = [t for t in (self._ttl(e) for e in self._entries.values()) if t is not None]
+        if self.ttl_s is not None:
+            ttls.append(self.ttl_s)
+        if not ttls or self._reaper is not None:
             return
-        every = interval_s or min(self.ttl_s / 2, 5.0)
+        every = interval_s or min(min(ttls) / 2, 5.0)
 
         async def loop() -> None:
             while True:

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import sys
 import time
+import typing
 from typing import Any
 
 from aiohttp import web
@@ -38,7 +39,12 @@ from router.web.routes import Handler, Route, add_routes, openai_routes
 from router.workers import protocol
 from router.workers.bridge import STREAMING, Job, Operation
 from router.workers.engine import Engine, Extension
-from router.workers.scheduling import BatchScheduler, EngineThread, SingleSlotScheduler
+from router.workers.scheduling import (
+    BatchScheduler,
+    ContinuousScheduler,
+    EngineThread,
+    SingleSlotScheduler,
+)
 
 log = logging.getLogger("router.workers.server")
 
@@ -59,8 +65,11 @@ class WorkerServer:
         self.engine = engine
         self.thread = EngineThread(f"engine-{engine.model_id}")
         label = f"model {engine.model_id!r}"
-        self.scheduler: SingleSlotScheduler[Job] | BatchScheduler[Job]
-        if engine.max_batch > 1:
+        self.scheduler: SingleSlotScheduler[Job] | BatchScheduler[Job] | ContinuousScheduler[Job]
+        if engine.max_batch > 1 and engine.continuous:
+            self.scheduler = ContinuousScheduler(engine.run_continuous, engine.max_batch, max_queue,
+                                                 label=label, thread=self.thread)
+        elif engine.max_batch > 1:
             self.scheduler = BatchScheduler(engine.run_batch, engine.max_batch, max_queue,
                                             label=label, thread=self.thread)
         else:
@@ -171,6 +180,8 @@ class WorkerServer:
             return error_response(exc)
         self.counters["requests"] += 1
         done.add_done_callback(lambda _: self._count(job))
+        if isinstance(self.scheduler, ContinuousScheduler):
+            done.add_done_callback(lambda f: _fail_unfinished(job, f))
         try:
             first = await job.outcome()
             if first is not STREAMING:
@@ -211,6 +222,13 @@ class WorkerServer:
         if job.emitted:
             self.counters["tokens_streamed"] += job.emitted
             self.counters["last_stream_tokens"] = job.emitted
+
+
+def _fail_unfinished(job: Job, done: asyncio.Future[None]) -> None:
+    """A continuous engine loop that failed could not end its jobs: end them with its error
+    (after a job's normal end this adds nothing its handler reads)."""
+    if not done.cancelled() and done.exception() is not None:
+        job.fail(typing.cast(BaseException, done.exception()))
 
 
 def _dumps_str(data: Any) -> str:
