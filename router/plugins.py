@@ -23,6 +23,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.strategies",
     "plugins.openai_compatible",
     "plugins.gguf",
+    "plugins.gptq",
 )
 
 
