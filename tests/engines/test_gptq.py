@@ -254,13 +254,13 @@ def test_greedy_completion_equals_generate_and_streams_token_by_token(router: Ro
 
 
 def test_chat_stream_with_usage(router: RouterProcess, expected: Any) -> None:
-    async def run() -> tuple[list[Any], Any]:
+    async def run() -> list[Any]:
         stream = await async_client(router).chat.completions.create(
             model="fp32", messages=HELLO, max_tokens=24, temperature=0, stream=True,
             stream_options={"include_usage": True}, extra_body=LONG)
-        return [chunk async for chunk in stream], None
+        return [chunk async for chunk in stream]
 
-    chunks, _ = asyncio.run(run())
+    chunks = asyncio.run(run())
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == expected["fp32"][0]["text"]
@@ -474,6 +474,30 @@ def test_load_errors_name_the_model_and_say_what_to_do(client: openai.OpenAI, fi
         assert "of RAM is free on cpu" in info.value.message
     # The router stays up and serves the others.
     assert client.completions.create(model="fp32", prompt="Hi", max_tokens=2).choices
+
+
+def test_idle_ttl_per_model(files: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "idle.yaml"
+    config.write_text(f"""
+server: {{admin_key: {ADMIN}}}
+backends:
+  - name: local
+    provider: gptq
+    device: cpu
+    idle_ttl_s: 0.5
+    models:
+      - {{name: quick, path: {files['fp32']}}}
+      - {{name: stays, path: {files['fp32']}, idle_ttl_s: 0}}
+""")
+    with RouterProcess(config, env=env(files["base"])) as proc:
+        c = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="none", max_retries=0, timeout=120)
+        for model in ("quick", "stays"):
+            assert c.completions.create(model=model, prompt="Hi", max_tokens=2).choices
+        pid = worker_status(proc, "quick")["pid"]
+        wait_for(lambda: worker_status(proc, "quick")["state"] == "stopped", timeout=15, interval=0.1)
+        assert not Path(f"/proc/{pid}").exists()  # the process and all its memory are gone
+        time.sleep(1.5)
+        assert worker_status(proc, "stays")["state"] == "ready"
 
 
 # -- the standalone worker ----------------------------------------------------------------------

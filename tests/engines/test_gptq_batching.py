@@ -107,3 +107,35 @@ async def test_a_failing_loop_settles_every_job_and_the_next_call_runs() -> None
     assert scheduler.status()["running"] == 0 and scheduler.admission.running == 0
     loop.fail_at = None
     await (await scheduler.submit(("after", 2)))
+
+
+class Member:
+    """A pool member standing in for a worker process."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+
+    async def ensure_ready(self) -> None:
+        self.loaded = True
+
+    async def stop(self) -> None:
+        self.loaded = False
+
+
+async def test_pool_members_have_their_own_idle_ttl() -> None:
+    from router.workers import ModelPool
+
+    now = [0.0]
+    pool: ModelPool[Member] = ModelPool(ttl_s=10, clock=lambda: now[0])
+    default, stays, quick = Member(), Member(), Member()
+    pool.add("default", default)              # the pool's TTL
+    pool.add("stays", stays, ttl_s=0)         # 0: never unloaded for being idle
+    pool.add("quick", quick, ttl_s=2)
+    for name in ("default", "stays", "quick"):
+        await pool.preload(name)
+    now[0] = 5
+    assert await pool.reap() == ["quick"]
+    now[0] = 11
+    assert await pool.reap() == ["default"]
+    now[0] = 10_000
+    assert await pool.reap() == [] and stays.loaded
