@@ -3,7 +3,7 @@
 An engine is synchronous and runs on the worker's engine thread: ``load`` once, then one
 call per request (``max_batch == 1``, for engines that run one sequence at a time), or
 batches of requests through ``run_batch`` (``max_batch > 1``), or, with ``continuous``
-set, one long ``run_continuous`` call that lets requests join and leave between its
+set (any ``max_batch``), one long ``run_continuous`` call that lets requests join and leave between its
 steps (continuous batching). It raises ``router.errors`` classes: ``InvalidRequest``
 (bad parameters, 400), ``ContextLengthExceeded``, ``EngineError``, and on load
 ``ModelLoadFailed`` with a code saying what went wrong (classified here, once).
@@ -47,8 +47,9 @@ class Engine(abc.ABC):
     #: Requests run together: 1 runs each alone through ``chat``/``complete``/``embed``;
     #: more sends up to this many at once through ``run_batch``.
     max_batch: int = 1
-    #: With ``max_batch > 1``: serve jobs through ``run_continuous`` (continuous
-    #: batching: a job joins between steps and leaves when done) instead of ``run_batch``.
+    #: Serve jobs through ``run_continuous`` (continuous batching, up to ``max_batch``
+    #: at once, 1 included: a job joins between steps and leaves when done) instead of
+    #: ``chat``/``complete`` or ``run_batch``.
     continuous: bool = False
 
     @property

@@ -66,7 +66,7 @@ class WorkerServer:
         self.thread = EngineThread(f"engine-{engine.model_id}")
         label = f"model {engine.model_id!r}"
         self.scheduler: SingleSlotScheduler[Job] | BatchScheduler[Job] | ContinuousScheduler[Job]
-        if engine.max_batch > 1 and engine.continuous:
+        if engine.continuous:
             self.scheduler = ContinuousScheduler(engine.run_continuous, engine.max_batch, max_queue,
                                                  label=label, thread=self.thread)
         elif engine.max_batch > 1:

@@ -113,7 +113,7 @@ backends:
     models:
       - {{name: fp32, path: {files['fp32']}, preload: true, max_batch: 4, max_queue: 2}}
       - {{name: gptq, path: {files['gptq']}, preload: true, max_batch: 4}}
-      - {{name: plain, path: {files['plain']}, max_batch: 2}}
+      - {{name: plain, path: {files['plain']}, max_batch: 1}}  # one at a time: the same loop
       - {{name: missing, path: {base}/nope/Llama-2-7B-GPTQ}}
       - {{name: not-a-model, path: {base}/not-a-model}}
       - {{name: no-weights, path: {base}/no-weights}}
@@ -314,7 +314,10 @@ def test_chat_without_template_uses_the_documented_fallback(client: openai.OpenA
                                       stop=["\nUser:", "\nSystem:"], extra_body=LONG)
     assert chat.choices[0].message.content == plain.choices[0].text
     assert chat.usage.prompt_tokens == plain.usage.prompt_tokens
-    assert worker_health_by_name(client, "plain")["chat_template"] == "fallback"
+    health = worker_health_by_name(client, "plain")
+    assert health["chat_template"] == "fallback"
+    # max_batch: 1 runs through the same loop, one request at a time.
+    assert health["queue"]["max_batch"] == 1 and health["engine"]["peak_batch"] == 1
 
 
 def worker_health_by_name(client: openai.OpenAI, model: str) -> dict[str, Any]:
