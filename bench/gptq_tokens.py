@@ -10,7 +10,7 @@ exactly ``--tokens`` tokens):
   (``max_batch: 4``, continuous batching), 1 client, then 4 at once.
 
     python bench/gptq_tokens.py                       # the tiny LLaMA (2 x 128), fp32 and GPTQ 4-bit
-    python bench/gptq_tokens.py --big                 # also a 6 x 512 LLaMA (~30M parameters)
+    python bench/gptq_tokens.py --big                 # also a 6 x 512 LLaMA (~16M parameters)
 
 The worker's own counters (decode steps, steps with several requests) are reported too:
 they show the 4 clients decoded together. Run from any directory: gptqmodel's ./logs go

@@ -197,6 +197,9 @@ def test_quantize_refuses_what_it_cannot_do(files: dict[str, Path]) -> None:
     assert result.returncode == 2 and "exists and is not an empty folder" in result.stderr
     result = run("--model", str(base / "nope"), "--out", str(base / "x"))
     assert result.returncode == 2 and f"model folder not found: {base / 'nope'}" in result.stderr
+    result = run("--model", str(files["fp32"]), "--out", str(base / "x"), "--device", "cuda")
+    assert result.returncode == 2 and "--device cuda: torch sees no CUDA GPU" in result.stderr
+    assert not (base / "x").exists()
 
 
 def test_models_listed_with_loaded_context_and_device(router: RouterProcess, client: openai.OpenAI,
