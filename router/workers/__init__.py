@@ -24,6 +24,7 @@ from router.workers.eviction import CannotFit, Limits, Loaded, Plan, plan_evicti
 from router.workers.launch import Launch, add_flags, free_port, from_flags, to_flags
 from router.workers.pool import Lease, Member, ModelPool
 from router.workers.process import ManagedProcess, State, describe_exit
+from router.workers.provider import LocalModel, WorkerProvider
 from router.workers.protocol import (
     Listening,
     LoadFailed,
@@ -48,8 +49,8 @@ __all__ = [
     "add_flags", "from_flags", "to_flags",
     # the pool
     "ModelPool", "Lease", "Member", "plan_eviction", "Loaded", "Limits", "Plan", "CannotFit",
-    # talking to a worker
-    "WorkerClient", "LeasedResponse",
+    # talking to a worker, and the provider built on all of it
+    "WorkerClient", "LeasedResponse", "WorkerProvider", "LocalModel",
     # the worker side
     "Engine", "Extension", "Job", "Operation", "Result", "STREAMING",
     "WorkerServer", "serve", "run_worker", "LOAD_FAILED_STATUS",
