@@ -65,26 +65,27 @@ class GGUFProvider(WorkerProvider[GGUFModel, WorkerSettings]):
         path = self.config.path(entry.path)
         return WorkerSettings(model=str(path.resolve()), model_id=entry.name or path.stem, port=0, knobs=knobs)
 
-    def entries(self) -> list[GGUFModel]:
-        """Explicit entries first, then every *.gguf under models_dir not already named."""
-        entries = [GGUFModel(path=e) if isinstance(e, str) else e for e in self.options.models]
-        paths = {str(self.config.path(e.path).resolve()) for e in entries}
-        if self.options.models_dir:
-            root = self.config.path(self.options.models_dir)
-            if root.is_dir():
-                for file in sorted(root.rglob("*.gguf")):
-                    if str(file.resolve()) not in paths:
-                        entries.append(GGUFModel(path=str(file)))
-        return entries
+    def configured(self) -> list[GGUFModel]:
+        return [GGUFModel(path=e) if isinstance(e, str) else e for e in self.options.models]
+
+    def entry_for(self, path: Path) -> GGUFModel:
+        return GGUFModel(path=str(path))
+
+    def entry_path(self, entry: GGUFModel) -> str:
+        return entry.path
+
+    def models_dir(self) -> str | None:
+        return self.options.models_dir
+
+    def found(self, root: Path) -> list[Path]:
+        """Every *.gguf below it."""
+        return sorted(root.rglob("*.gguf"))
 
     def model_id(self, settings: WorkerSettings) -> str:
         return settings.served_id
 
     def model_path(self, settings: WorkerSettings) -> str:
         return settings.model
-
-    def models_location(self) -> str:
-        return self.options.models_dir or "(no models_dir)"
 
     def memory_gb(self, settings: WorkerSettings) -> float:
         """Roughly its file (the weights)."""

@@ -68,26 +68,27 @@ class GPTQProvider(WorkerProvider[GPTQModel, WorkerSettings]):
         path = self.config.path(entry.path)
         return WorkerSettings(model=str(path.resolve()), model_id=entry.name or path.name, port=0, knobs=knobs)
 
-    def entries(self) -> list[GPTQModel]:
-        """Explicit entries first, then every folder with a config.json under models_dir."""
-        entries = [GPTQModel(path=e) if isinstance(e, str) else e for e in self.options.models]
-        paths = {str(self.config.path(e.path).resolve()) for e in entries}
-        if self.options.models_dir:
-            root = self.config.path(self.options.models_dir)
-            if root.is_dir():
-                for config in sorted(root.glob("*/config.json")):
-                    if str(config.parent.resolve()) not in paths:
-                        entries.append(GPTQModel(path=str(config.parent)))
-        return entries
+    def configured(self) -> list[GPTQModel]:
+        return [GPTQModel(path=e) if isinstance(e, str) else e for e in self.options.models]
+
+    def entry_for(self, path: Path) -> GPTQModel:
+        return GPTQModel(path=str(path))
+
+    def entry_path(self, entry: GPTQModel) -> str:
+        return entry.path
+
+    def models_dir(self) -> str | None:
+        return self.options.models_dir
+
+    def found(self, root: Path) -> list[Path]:
+        """Every folder with a config.json in it."""
+        return sorted(c.parent for c in root.glob("*/config.json"))
 
     def model_id(self, settings: WorkerSettings) -> str:
         return settings.served_id
 
     def model_path(self, settings: WorkerSettings) -> str:
         return settings.model
-
-    def models_location(self) -> str:
-        return self.options.models_dir or "(no models_dir)"
 
     def launch_for(self, settings: WorkerSettings) -> Launch:
         # Its own working directory: importing gptqmodel writes ./logs.

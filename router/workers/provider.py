@@ -5,7 +5,7 @@ worker process of this router (``python -m router worker --provider ENGINE``).
 each a ``Launch`` and a ``ManagedProcess``, holds them in a ``ModelPool`` (leases, idle
 TTL, limits), preloads in the background, and sends each request through the
 ``WorkerClient`` under a lease. An engine plugin says only what differs: where its models
-are (``entries``), how an entry becomes worker settings (``settings_for``), how to describe
+are (``configured``, ``found``), how an entry becomes worker settings (``settings_for``), how to describe
 a model (``card``), and what may stop a model from being served (``engine_problem``,
 ``missing``).
 """
@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from router.config.schema import BackendConfig
@@ -63,8 +64,36 @@ class WorkerProvider(Provider, Generic[E, S]):
     # -- what an engine plugin says ----------------------------------------------------------
 
     @abc.abstractmethod
+    def configured(self) -> list[E]:
+        """The entries written in the config (``models:``)."""
+
+    @abc.abstractmethod
+    def entry_for(self, path: Path) -> E:
+        """The entry for a model found on disk (knobs from the backend level)."""
+
+    @abc.abstractmethod
+    def entry_path(self, entry: E) -> str:
+        """Where the entry says its model is (relative to the config's folder)."""
+
+    def models_dir(self) -> str | None:
+        """The folder models are found in (``models_dir``), if any."""
+        return None
+
+    def found(self, root: Path) -> list[Path]:
+        """The models in ``root``, sorted (files or folders, as the engine reads them)."""
+        return []
+
     def entries(self) -> list[E]:
-        """The model entries now: the config's, then those found on disk."""
+        """The config's entries first, then every model found in ``models_dir`` that no
+        entry names already."""
+        entries = self.configured()
+        named = {str(self.config.path(self.entry_path(e)).resolve()) for e in entries}
+        folder = self.models_dir()
+        if folder:
+            root = self.config.path(folder)
+            if root.is_dir():
+                entries += [self.entry_for(p) for p in self.found(root) if str(p.resolve()) not in named]
+        return entries
 
     @abc.abstractmethod
     def settings_for(self, entry: E) -> S:
@@ -113,7 +142,7 @@ class WorkerProvider(Provider, Generic[E, S]):
 
     def models_location(self) -> str:
         """Where models are looked for on disk, for messages."""
-        return "(no models_dir)"
+        return self.models_dir() or "(no models_dir)"
 
     async def prepare(self) -> None:
         """Called at start, before the models are first read (e.g. write a demo model)."""
