@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,24 +24,16 @@ import pytest
 
 from plugins.gguf.demo import REPLY, SENTENCE, write_demo_model
 from router.testing import RouterProcess, free_port
+from tests.engines.helpers import ADMIN, get_json, wait_for, worker_status
 
 pytestmark = pytest.mark.engine
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"PYTHONPATH": str(ROOT)}
-ADMIN = "test-admin"
 EOT = 4  # <|im_end|> in the demo vocabulary: banned with logit_bias for long generations
 NO_EOT = {str(EOT): -100}
 HELLO = [{"role": "user", "content": "hi"}]
 
-
-def get_json(url: str, admin: bool = False) -> tuple[int, Any]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN}"} if admin else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
 
 
 def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -121,18 +112,6 @@ def direct(files: dict[str, Path]) -> Any:
     return llama_cpp.Llama(str(files["model"]), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
 
 
-def worker_status(router: RouterProcess, model: str) -> dict[str, Any]:
-    _, status = get_json(f"{router.url}/status", admin=True)
-    return status["backends"][0]["provider_status"]["models"][model]
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 # -- models and loading --------------------------------------------------------------------

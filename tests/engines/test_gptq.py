@@ -19,8 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +26,17 @@ import openai
 import pytest
 
 from router.testing import RouterProcess, free_port
+from tests.engines.helpers import ADMIN, get_json, wait_for, worker_status
 
 pytestmark = pytest.mark.engine
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-ADMIN = "test-admin"
 HELLO = [{"role": "user", "content": "hi there"}]
 LONG = {"ignore_eos": True}
 PROMPTS = ["Once upon a time", "Hello world, this is", "The quick brown fox jumps over the lazy", "a"]
 
 
-def get_json(url: str, admin: bool = False) -> tuple[int, Any]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN}"} if admin else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def env(base: Path) -> dict[str, str]:
@@ -133,10 +115,6 @@ def async_client(router: RouterProcess) -> openai.AsyncOpenAI:
     """One per ``asyncio.run``: an async client's connections belong to one event loop."""
     return openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="none", max_retries=0, timeout=120)
 
-
-def worker_status(router: RouterProcess, model: str) -> dict[str, Any]:
-    _, status = get_json(f"{router.url}/status", admin=True)
-    return status["backends"][0]["provider_status"]["models"][model]
 
 
 def worker_health(router: RouterProcess, model: str) -> dict[str, Any]:
