@@ -82,12 +82,13 @@ class Hooks:
     async def authenticate(self, request: web.Request, router: RouterView) -> Any:
         return await self._first(self.pm.hook.authenticate, request=request, router=router)
 
-    async def prepare_request(self, request: ProxyRequest) -> None:
-        for result in self.pm.hook.prepare_request(request=request):
+    async def prepare_request(self, request: ProxyRequest, router: RouterView) -> None:
+        for result in self.pm.hook.prepare_request(request=request, router=router):
             await await_maybe(result)
 
-    async def answer_request(self, request: ProxyRequest) -> UpstreamResponse | None:
-        answer: UpstreamResponse | None = await self._first(self.pm.hook.answer_request, request=request)
+    async def answer_request(self, request: ProxyRequest, router: RouterView) -> UpstreamResponse | None:
+        answer: UpstreamResponse | None = await self._first(self.pm.hook.answer_request, request=request,
+                                                            router=router)
         return answer
 
     async def filter_backends(
@@ -101,12 +102,13 @@ class Hooks:
         return backends
 
     async def transform_response(
-        self, request: ProxyRequest, backend: BackendView | None, status: int, content_type: str
+        self, request: ProxyRequest, backend: BackendView | None, status: int, content_type: str,
+        router: RouterView,
     ) -> list[ResponseTransform]:
         # pluggy calls the newest registration first; transforms apply in registration
         # order, so built-in plugins (registered first) transform first.
         results = self.pm.hook.transform_response(
-            request=request, backend=backend, status=status, content_type=content_type
+            request=request, backend=backend, status=status, content_type=content_type, router=router
         )
         transforms = [await await_maybe(r) for r in reversed(results)]
         return [t for t in transforms if t is not None]

@@ -123,24 +123,27 @@ def authenticate(request: web.Request, router: RouterView) -> Any:
 
 
 @hookspec
-def prepare_request(request: ProxyRequest) -> Any:
+def prepare_request(request: ProxyRequest, router: RouterView) -> Any:
     """Inspect or change a request before a backend is chosen.
 
     Change the body through ``request.update_payload(...)`` so the router knows to
-    re-serialize it. Raise a ``RouterError`` to reject the request.
+    re-serialize it. Raise a ``RouterError`` to reject the request. What later hooks of
+    the same plugin need to know goes in ``request.context``.
 
     :param request: the parsed client request.
+    :param router: the read-only view of the router (its config, backends, models).
     """
 
 
 @hookspec
-def answer_request(request: ProxyRequest) -> UpstreamResponse | None:
+def answer_request(request: ProxyRequest, router: RouterView) -> UpstreamResponse | None:
     """Answer a request without calling any backend (a cache hit), or return None.
 
     The first response returned is relayed to the client like a backend's (streams
     included, transforms applied); ``observe_response`` sees it with ``backend=None``.
 
     :param request: the parsed client request, after ``prepare_request``.
+    :param router: the read-only view of the router.
     """
 
 
@@ -155,7 +158,7 @@ def filter_backends(request: ProxyRequest, backends: Sequence[BackendView]) -> S
 
 @hookspec
 def transform_response(
-    request: ProxyRequest, backend: BackendView | None, status: int, content_type: str
+    request: ProxyRequest, backend: BackendView | None, status: int, content_type: str, router: RouterView
 ) -> ResponseTransform | None:
     """Return a ``ResponseTransform`` to change this response on its way to the client,
     or None. Called once per request when the response headers are in.
@@ -164,6 +167,7 @@ def transform_response(
     :param backend: the backend that answered (None for an early answer).
     :param status: the response's HTTP status.
     :param content_type: the response's content type (``text/event-stream`` for streams).
+    :param router: the read-only view of the router.
     """
 
 

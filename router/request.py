@@ -22,7 +22,7 @@ FORWARDED_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 class ProxyRequest:
     __slots__ = (
         "endpoint", "body", "payload", "model", "target_model", "stream",
-        "request_id", "headers", "started", "identity", "_body_dirty",
+        "request_id", "headers", "started", "identity", "context", "_body_dirty",
     )
 
     def __init__(self, endpoint: str, request_id: str, headers: Mapping[str, str],
@@ -35,6 +35,9 @@ class ProxyRequest:
         self.started = time.monotonic()
         #: Who sent it, as the ``authenticate`` hook said (None: anonymous).
         self.identity: Any = None
+        #: What plugins note about this request for their later hooks (prepare_request
+        #: → transform_response, say); keys are the plugin's own.
+        self.context: dict[str, Any] = {}
         self.payload: dict[str, Any] = {}
         #: The model the client named ("" until parsed), and after global aliases.
         self.model = ""

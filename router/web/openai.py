@@ -14,14 +14,15 @@ import time
 
 from aiohttp import web
 
-from router.errors import ModelNotFound, RequestTimeout, RouterError, UpstreamTimeout, shown
+from router.errors import ModelNotAllowed, ModelNotFound, RequestTimeout, RouterError, UpstreamTimeout, shown
 from router.request import ProxyRequest
 from router.routing.deadlines import deadline
 from router.routing.dispatch import Exchange, open_upstream
 from router.state import RouterState
 from router.streams.relay import relay_body, relay_stream
 from router.streams.transform import TransformChain
-from router.web.middlewares import STATE, body_too_large, json_response, request_id_of
+from router.identity import Identity
+from router.web.middlewares import IDENTITY, STATE, body_too_large, json_response, request_id_of
 from router.web.routes import Handler, Route, openai_routes
 
 
@@ -37,7 +38,7 @@ def proxy_handler(endpoint: str) -> Handler:
         routing_timeout = state.config.routing.timeout_s
         try:
             if hooks.has_authenticate:
-                proxy_request.identity = await hooks.authenticate(request, state.view)
+                proxy_request.identity = request[IDENTITY] = await hooks.authenticate(request, state.view)
             try:
                 # routing.timeout_s bounds the whole request up to the response headers,
                 # reading the client's body included.
@@ -49,8 +50,8 @@ def proxy_handler(endpoint: str) -> Handler:
                         raise body_too_large(request, exc) from exc
                     proxy_request.parse_body(body)
                     if hooks.has_prepare_request:
-                        await hooks.prepare_request(proxy_request)
-                    answer = await hooks.answer_request(proxy_request) if hooks.has_answer_request else None
+                        await hooks.prepare_request(proxy_request, state.view)
+                    answer = await hooks.answer_request(proxy_request, state.view) if hooks.has_answer_request else None
                     exchange = Exchange(None, answer) if answer is not None else await open_upstream(state, proxy_request)
                     chain = await _transforms(state, proxy_request, exchange) if hooks.has_transform_response else None
                     if exchange.response.content_type != "text/event-stream":
@@ -101,7 +102,8 @@ async def _read_body(request: web.Request, timeout_s: float) -> bytes:
 async def _transforms(state: RouterState, request: ProxyRequest, exchange: Exchange) -> TransformChain | None:
     response = exchange.response
     backend = exchange.backend.view if exchange.backend is not None else None
-    transforms = await state.hooks.transform_response(request, backend, response.status, response.content_type)
+    transforms = await state.hooks.transform_response(request, backend, response.status, response.content_type,
+                                                        state.view)
     return TransformChain(transforms) if transforms else None
 
 
@@ -117,12 +119,24 @@ def model_list(state: RouterState) -> list[dict[str, object]]:
     return out
 
 
+def _identity(request: web.Request) -> Identity | None:
+    identity = request.get(IDENTITY)
+    return identity if isinstance(identity, Identity) else None
+
+
 async def list_models(request: web.Request) -> web.Response:
-    return json_response({"object": "list", "data": model_list(request.app[STATE])})
+    models = model_list(request.app[STATE])
+    identity = _identity(request)
+    if identity is not None:  # only the models this client's key may use
+        models = [m for m in models if identity.allows_model(str(m["id"]))]
+    return json_response({"object": "list", "data": models})
 
 
 async def get_model(request: web.Request) -> web.Response:
     model_id = request.match_info["model"]
+    identity = _identity(request)
+    if identity is not None and not identity.allows_model(model_id):
+        raise ModelNotAllowed(f"this API key may not use the model {shown(model_id)}", param="model")
     for entry in model_list(request.app[STATE]):
         if entry["id"] == model_id:
             return json_response(entry)
