@@ -26,11 +26,13 @@ from router.errors import (
     InvalidRequest,
     MethodNotAllowed,
     ModelLoadFailed,
+    ModelNotAllowed,
     ModelNotFound,
     NoBackendAvailable,
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     RouterError,
     UpstreamError,
     UpstreamHTTPError,
@@ -41,6 +43,7 @@ from router.errors import (
     shown,
 )
 from router.hookspecs import hookimpl
+from router.identity import Identity
 from router.http_upstream import AiohttpUpstreamResponse, IdleWatchdog, pooled_session
 from router.provider import ModelCard, Provider, StaticResponse, UpstreamRequest, UpstreamResponse
 from router.request import ProxyRequest
@@ -52,11 +55,12 @@ from router.streams.transform import ResponseTransform
 from router.version import __version__
 from router.routing.backend import BackendView
 from router.view import RouterView
+from router.web.admin import admin_only
 from router.web.routes import Route
 
 __all__ = [
     # plugin machinery
-    "hookimpl", "Command", "Route", "__version__",
+    "hookimpl", "Command", "Route", "admin_only", "__version__",
     # providers
     "Provider", "ModelCard", "UpstreamRequest", "UpstreamResponse", "StaticResponse",
     "AiohttpUpstreamResponse", "IdleWatchdog", "pooled_session", "deadline", "Admission",
@@ -65,10 +69,11 @@ __all__ = [
     # requests, responses, streams
     "ProxyRequest", "ResponseTransform", "SSEEvent", "SSESplitter", "encode_event",
     # read-only views for hooks and strategies
-    "Strategy", "BackendView", "RouterView",
+    "Strategy", "BackendView", "RouterView", "Identity",
     # the error tree
     "RouterError", "InvalidRequest", "ContextLengthExceeded", "PayloadTooLarge",
-    "MethodNotAllowed", "Conflict", "AuthenticationFailed", "NotFound", "ModelNotFound",
+    "MethodNotAllowed", "Conflict", "AuthenticationFailed", "ModelNotAllowed", "RateLimited",
+    "NotFound", "ModelNotFound",
     "Overloaded", "NoBackendAvailable", "EngineError", "UpstreamError", "UpstreamUnreachable",
     "UpstreamTimeout", "UpstreamHTTPError", "ModelLoadFailed", "WorkerCrashed",
     "parse_retry_after", "shown",

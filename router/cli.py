@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -49,18 +50,48 @@ async def _serve(config: Config, pm: pluggy.PluginManager, registry: Registry) -
     app = init_app(config, pm, registry)
     access_log = logging.getLogger("aiohttp.access") if config.server.log_level == "debug" else None
 
+    ssl_context = tls_context(config)
+    scheme = "https" if ssl_context is not None else "http"
+
     def ready(port: int) -> None:
-        print(f"Router listening on http://{config.server.host}:{port}", flush=True)
-        print(OPEN_NOTICE, flush=True)
-        if not _is_loopback(config.server.host):
-            log.warning("bound to %s, not a loopback address: %s", config.server.host, OPEN_NOTICE)
+        print(f"Router listening on {scheme}://{config.server.host}:{port}", flush=True)
+        if config.auth is None or config.auth.open:
+            print(OPEN_NOTICE, flush=True)
+            if not _is_loopback(config.server.host):
+                log.warning("bound to %s, not a loopback address: %s", config.server.host, OPEN_NOTICE)
 
     await serve_app(app, config.server.host, config.server.port, on_listening=ready, access_log=access_log,
-                    limits=connection_limits(config))
+                    limits=connection_limits(config), ssl_context=ssl_context)
 
 
-OPEN_NOTICE = ("The router has no client authentication: anyone who can reach this port "
-               "uses the backends (and their API keys).")
+OPEN_NOTICE = ("The router has no client authentication (no auth section, or auth.open: true): anyone who "
+               "can reach this port uses the backends (and their API keys) without a client key.")
+
+
+def check_exposure(config: Config) -> None:
+    """An open router listens only on a loopback address unless ``auth: {open: true}``
+    says that is meant (docs/operations.md)."""
+    if config.auth is None and not _is_loopback(config.server.host):
+        raise ConfigError(
+            config.path, "auth", None,
+            f"the router would listen on {config.server.host}, not a loopback address, with no client keys: "
+            "anyone who reaches it would use every backend. Add client keys (auth.keys or auth.store, "
+            "see docs/operations.md), or write 'auth: {open: true}' if an open router is what you want",
+        )
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """``server.tls`` as a server-side SSL context (None: plain HTTP)."""
+    tls = config.server.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(config.path, "server.tls", None,
+                          f"cannot load the certificate {tls.cert} and key {tls.key}: {exc}") from exc
+    return context
 
 
 def _is_loopback(host: str) -> bool:
@@ -80,6 +111,7 @@ def cmd_serve(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
+    check_exposure(config)
     _setup_logging(config.server.log_level)
     try:
         import uvloop

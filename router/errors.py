@@ -7,7 +7,9 @@
     │   ├── RequestTimeout           408  the body took longer than server.body_timeout_s
     │   ├── MethodNotAllowed         405
     │   └── Conflict                 409  e.g. a backend name that exists already
-    ├── AuthenticationFailed         401
+    ├── AuthenticationFailed         401  invalid_api_key: a missing, wrong or revoked key
+    ├── ModelNotAllowed              403  model_not_allowed: the key may not use this model
+    ├── RateLimited                  429  rate_limit_exceeded: the key's rpm/tpm (never retried)
     ├── NotFound                     404  no such endpoint (or admin API off)
     │   └── ModelNotFound            404  model_not_found, lists what is available
     ├── Overloaded                   429  queue full (router or worker side); retryable elsewhere
@@ -133,6 +135,20 @@ class AuthenticationFailed(RouterError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class ModelNotAllowed(RouterError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class RateLimited(RouterError):
+    """A client key's own limit (``rpm``/``tpm``): the client waits; no other backend helps."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class NotFound(RouterError):

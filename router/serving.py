@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -30,12 +31,14 @@ async def serve_app(
     backlog: int = 1024,
     stop: asyncio.Event | None = None,
     limits: ConnectionLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then clean up (the app's cleanup contexts
     run). ``on_listening(port)`` is called once the socket is bound and the signal
     handlers are installed, so a stop sent right after it is graceful. Setting ``stop``
     (an event of the caller's) ends serving too. With ``limits``, connections are guarded
-    (header, write and keep-alive timeouts; ``router.web.connections``)."""
+    (header, write and keep-alive timeouts; ``router.web.connections``). With
+    ``ssl_context``, it serves HTTPS."""
     runner = (
         web.AppRunner(app, handler_cancellation=True, access_log=access_log)
         if limits is None
@@ -43,7 +46,7 @@ async def serve_app(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=backlog)
+        site = web.TCPSite(runner, host, port, backlog=backlog, ssl_context=ssl_context)
         await site.start()
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -24,3 +24,49 @@ def substitute(text: str, missing: Callable[[str], Exception]) -> str:
         raise missing(name)
 
     return _ENV_VAR.sub(replace, text)
+
+
+# -- environment variables that set config keys (seed 002's names) ---------------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _origins(value: str) -> list[str]:
+    return [origin.strip() for origin in value.split(",") if origin.strip()]
+
+
+#: Environment variable -> (config key path, how its text becomes the value). The
+#: environment wins over the file; ``overrides_from_env`` says which were applied.
+ENV_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "LOG_FORMAT": ("server.log_format", str.strip),
+    "SERVICE_NAME": ("server.service_name", str.strip),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("server.otlp_endpoint", str.strip),
+    "CORS_ALLOWED_ORIGINS": ("server.cors_origins", _origins),
+}
+
+#: ``SERVER_SSL_ENABLED=true`` turns on ``server.tls`` with these two paths.
+TLS_ENV = ("SERVER_SSL_ENABLED", "TLS_SERVER_CERT_PATH", "TLS_SERVER_KEY_PATH")
+
+
+def overrides_from_env(environ: Mapping[str, str], bad: Callable[[str, str], Exception]) -> dict[str, object]:
+    """Config key path -> value, for each variable of ``ENV_KEYS`` that is set (and
+    ``server.tls`` from ``TLS_ENV``). ``bad(variable, message)`` is raised for a value
+    that cannot be one (the caller checks bounds and choices like the file's)."""
+    out: dict[str, object] = {}
+    for var, (key, parse) in ENV_KEYS.items():
+        if var in environ:
+            out[key] = parse(environ[var])
+    enabled_var, cert_var, key_var = TLS_ENV
+    if enabled_var in environ:
+        flag = environ[enabled_var].strip().lower()
+        if flag not in _TRUE | _FALSE:
+            raise bad(enabled_var, f"must be true or false, got {environ[enabled_var]!r}")
+        if flag in _TRUE:
+            missing = [v for v in (cert_var, key_var) if not environ.get(v)]
+            if missing:
+                raise bad(missing[0], f"must be set (a PEM file) when {enabled_var} is true")
+            out["server.tls"] = {"cert": environ[cert_var], "key": environ[key_var]}
+        else:
+            out["server.tls"] = None
+    return out

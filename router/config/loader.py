@@ -19,8 +19,8 @@ from typing import Any, Union
 
 import yaml
 
-from router.config.env import substitute
-from router.config.schema import BackendConfig, Config, accepted_keys
+from router.config.env import ENV_KEYS, overrides_from_env, substitute
+from router.config.schema import BackendConfig, Config, TLSConfig, accepted_keys
 from router.provider import Provider
 
 
@@ -222,7 +222,33 @@ class _Loader:
                 seen[backend.name] = i
                 cfg.backends.append(backend)
         self.check_strategies(mapping.get("routing"))
+        if cfg.auth is not None:
+            self.check_keys(cfg, mapping["auth"][1])
         return cfg
+
+    def check_keys(self, cfg: Config, auth: yaml.Node) -> None:
+        """Client keys: names and keys unique, keys long enough to be secret."""
+        assert cfg.auth is not None
+        keys_node = self.mapping(auth, "auth").get("keys")
+        entries = keys_node[1].value if keys_node is not None and isinstance(keys_node[1], yaml.SequenceNode) else []
+        names: dict[str, int] = {}
+        secrets: dict[str, int] = {}
+        for i, (entry, node) in enumerate(zip(cfg.auth.keys, entries)):
+            fields = self.mapping(node, f"auth.keys[{i}]")
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", entry.name):
+                raise self.error(f"auth.keys[{i}].name", fields["name"][1], "use letters, digits, '.', '_' and '-' only")
+            if entry.name in names:
+                raise self.error(f"auth.keys[{i}].name", fields["name"][1],
+                                 f"duplicate key name {entry.name!r} (also auth.keys[{names[entry.name]}])")
+            names[entry.name] = i
+            if len(entry.key) < 16:
+                raise self.error(f"auth.keys[{i}].key", fields["key"][1],
+                                 "too short to be secret: use at least 16 characters (e.g. openssl rand -hex 24)")
+            if entry.key in secrets:
+                raise self.error(f"auth.keys[{i}].key", fields["key"][1],
+                                 f"the same key as auth.keys[{secrets[entry.key]}]: each key must be its own")
+            secrets[entry.key] = i
+
 
     def check_strategies(self, routing: tuple[yaml.Node, yaml.Node] | None) -> None:
         if routing is None or not self.strategies:
@@ -311,12 +337,39 @@ def parse_config(
         raise ConfigError(file, "", line, f"invalid YAML: {exc.problem or exc}") from exc
     if root is None:
         raise ConfigError(file, "", None, "the file is empty (expected a mapping with backends:)")
-    cfg = _Loader(file, providers, strategies).config(root)
+    loader = _Loader(file, providers, strategies)
+    cfg = loader.config(root)
     cfg.path = file
     cfg.base_dir = base_dir or Path.cwd()
+    apply_env(cfg, os.environ, file)
+    if cfg.server.tls is not None:
+        cfg.server.tls.cert = str(cfg.base_dir / Path(cfg.server.tls.cert).expanduser())
+        cfg.server.tls.key = str(cfg.base_dir / Path(cfg.server.tls.key).expanduser())
+    if cfg.auth is not None and cfg.auth.store is not None:
+        cfg.auth.store = str(cfg.base_dir / Path(cfg.auth.store).expanduser())
     for backend in cfg.backends:
         backend.base_dir = cfg.base_dir
     return cfg
+
+
+def apply_env(cfg: Config, environ: Mapping[str, str], file: str) -> None:
+    """The environment variables of ``router.config.env.ENV_KEYS`` over the file's values,
+    checked like the file's (a bad value names the variable)."""
+    def bad(var: str, message: str) -> ConfigError:
+        return ConfigError(file, "", None, f"environment variable {var}: {message}")
+
+    for path, value in overrides_from_env(environ, bad).items():
+        section_name, _, name = path.partition(".")
+        section = getattr(cfg, section_name)
+        if path == "server.tls":
+            cfg.server.tls = None if value is None else TLSConfig(**value)  # type: ignore[arg-type]
+            continue
+        f = {f.name: f for f in dataclasses.fields(section)}[name]
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            var = next(v for v, (k, _) in ENV_KEYS.items() if k == path)
+            raise bad(var, f"must be one of {', '.join(choices)} (it sets {path}), got {value!r}")
+        setattr(section, name, value)
 
 
 def parse_backend(

@@ -54,6 +54,14 @@ def accepted_keys(cls: type) -> set[str]:
 
 
 @dataclasses.dataclass
+class TLSConfig:
+    """``server.tls``: serve HTTPS with this certificate chain and private key (PEM files)."""
+
+    cert: str
+    key: str
+
+
+@dataclasses.dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = setting(8400, ge=0, le=65535)
@@ -65,6 +73,13 @@ class ServerConfig:
     keepalive_timeout_s: float = setting(75.0, gt=0)
     write_timeout_s: float = setting(60.0, gt=0)
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+    # Operations (docs/operations.md): TLS, CORS, request logs, tracing.
+    tls: TLSConfig | None = None
+    cors_origins: list[str] = dataclasses.field(default_factory=list)
+    log_format: str = setting("pretty", choices=("json", "pretty"))
+    log_payloads: bool = False
+    service_name: str = "router"
+    otlp_endpoint: str | None = None
 
 
 @dataclasses.dataclass
@@ -113,12 +128,33 @@ class BackendConfig:
 
 
 @dataclasses.dataclass
+class ClientKeyConfig:
+    """One client key declared in ``auth.keys`` (more come through ``/admin/keys``)."""
+
+    name: str
+    key: str = dataclasses.field(repr=False)
+    models: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+    rpm: int | None = setting(None, ge=1)
+    tpm: int | None = setting(None, ge=1)
+
+
+@dataclasses.dataclass
+class AuthConfig:
+    """``auth``: client keys. With no ``auth`` section the router is open."""
+
+    store: str | None = None
+    keys: list[ClientKeyConfig] = dataclasses.field(default_factory=list)
+    open: bool = False
+
+
+@dataclasses.dataclass
 class Config:
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     routing: RoutingConfig = dataclasses.field(default_factory=RoutingConfig)
     circuit_breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
     backends: list[BackendConfig] = dataclasses.field(default_factory=list)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    auth: AuthConfig | None = None
     path: str = "<memory>"
     base_dir: Path = dataclasses.field(default_factory=Path.cwd)
 

@@ -86,6 +86,10 @@ async def queue(request: web.Request) -> web.Response:
     )
 
 
+#: For plugins' admin routes (``router.admin_only``): the same ``server.admin_key`` check.
+admin_only = guarded
+
+
 def routes() -> list[Route]:
     return [
         Route("GET", "/status", guarded(status), "health, circuit, load and models of every backend"),

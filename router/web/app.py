@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 import pluggy
 from aiohttp import web
 
+from router.config.loader import ConfigError
 from router.config.schema import Config
 from router.plugins import make_plugin_manager
 from router.registry import Registry
 from router.state import RouterState
 from router.web import admin, health, metrics, openai
 from router.web.connections import ConnectionLimits
-from router.web.middlewares import STATE, auth_middleware, error_middleware
+from router.web.middlewares import STATE, auth_middleware, error_middleware, identity_headers
 from router.web.routes import ROUTES, Route, add_routes
 
 
@@ -40,8 +41,13 @@ def init_app(
     middlewares = [error_middleware]
     if state.hooks.has_authenticate:
         middlewares.append(auth_middleware)
+    elif config.auth is not None:
+        raise ConfigError(config.path, "auth", None, "client keys need the plugins.keys plugin, which is not "
+                          "loaded (ROUTER_LOAD_PLUGINS leaves it out?): without it every request would be let in")
     app = web.Application(middlewares=middlewares, client_max_size=int(config.server.max_body_mb * 1024 * 1024))
     app[STATE] = state
+    if state.hooks.has_authenticate:
+        app.on_response_prepare.append(identity_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await state.start()

@@ -11,6 +11,7 @@ import os
 from aiohttp import web
 
 from router import jsonlib
+from router.identity import Identity
 from router.errors import MethodNotAllowed, NotFound, PayloadTooLarge, RouterError
 from router.state import RouterState
 from router.web.routes import Handler
@@ -102,3 +103,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+async def identity_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """An ``Identity``'s headers on every answer to its requests (``on_response_prepare``,
+    installed only when a plugin authenticates): rate-limit headers, for one."""
+    identity = request.get(IDENTITY)
+    if isinstance(identity, Identity):
+        headers = identity.response_headers()
+        if headers:
+            response.headers.update(headers)

@@ -58,10 +58,18 @@ def test_cli_models_lists_each_backend(upstreams, tmp_path):
     assert "alias fast -> m1" in lines
 
 
+def test_serve_refuses_an_open_router_off_loopback(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", {"backends": []})
+    result = run_cli("serve", "--config", str(cfg), "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode == 1
+    assert "config error:" in result.stderr and "auth:" in result.stderr
+    assert "not a loopback address" in result.stderr and "auth: {open: true}" in result.stderr
+
+
 def test_serve_says_it_is_open_and_warns_off_loopback(tmp_path):
     from router.testing import free_port
 
-    cfg = write_config(tmp_path / "c.yaml", {"backends": []})
+    cfg = write_config(tmp_path / "c.yaml", {"auth": {"open": True}, "backends": []})
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(cfg),
                              "--host", "0.0.0.0", "--port", str(port)],
