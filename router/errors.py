@@ -51,6 +51,9 @@ class RouterError(Exception):
     backend: str | None = None
     #: The client's connection cannot be reused (e.g. its body was not read to the end).
     close_connection: bool = False
+    #: The failure concerns one model of the backend (a load that failed, a model that
+    #: crashed), not the backend: its circuit breaker does not count it.
+    model_scoped: bool = False
 
     def __init__(
         self,
@@ -67,8 +70,12 @@ class RouterError(Exception):
             self.code = code
         self.retry_after = retry_after
 
+    #: Also carry the message as a top-level ``detail`` string (FastAPI's shape, which
+    #: clients of XandRouting-style management APIs read).
+    with_detail: bool = False
+
     def envelope(self) -> dict[str, Any]:
-        return {
+        envelope: dict[str, Any] = {
             "error": {
                 "message": self.message,
                 "type": self.type,
@@ -76,6 +83,9 @@ class RouterError(Exception):
                 "code": self.code,
             }
         }
+        if self.with_detail:
+            envelope["detail"] = self.message
+        return envelope
 
     def body(self) -> bytes:
         return jsonlib.dumps(self.envelope())

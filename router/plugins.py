@@ -24,6 +24,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.openai_compatible",
     "plugins.gguf",
     "plugins.gptq",
+    "plugins.dynamic",
     "plugins.keys",
 )
 

@@ -37,6 +37,8 @@ class ModelCard:
     owned_by: str = "router"
     created: int = 0
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: False: routable under this name but not listed (another spelling of a listed model).
+    listed: bool = True
 
 
 @dataclasses.dataclass(slots=True)
@@ -115,6 +117,9 @@ class Provider(abc.ABC):
     """
 
     options_class: ClassVar[type | None] = None
+    #: Whether a model may be cold (not loaded) here: then ``is_warm`` is asked, and a
+    #: request goes to a backend where its model is warm when one is.
+    loads_on_demand: ClassVar[bool] = False
     #: Common backend keys this provider cannot work without (e.g. ``base_url``).
     required_keys: ClassVar[tuple[str, ...]] = ()
 
@@ -142,6 +147,11 @@ class Provider(abc.ABC):
         Raise an ``UpstreamError`` (never a bare aiohttp/OS error) when the backend is
         unreachable, times out before the first byte, or fails to start.
         """
+
+    def is_warm(self, model: str) -> bool:
+        """Whether ``model`` can be served now without a load (asked only when
+        ``loads_on_demand``)."""
+        return True
 
     def declared_models(self) -> list[ModelCard]:
         """Models known from the config alone (no globs), routable even before discovery

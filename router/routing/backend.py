@@ -12,7 +12,7 @@ import asyncio
 import time
 import types
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from router.config.schema import BackendConfig, CircuitBreakerConfig
 from router.errors import (
@@ -25,6 +25,8 @@ from router.provider import ModelCard, Provider, UpstreamRequest, UpstreamRespon
 from router.routing.circuit import CircuitBreaker, CircuitState
 from router.routing.deadlines import deadline
 from router.routing.limits import Admission
+
+P = TypeVar("P", bound=Provider)
 
 EWMA_ALPHA = 0.3
 ERROR_BODY_LIMIT = 1 << 20  # an upstream's error body is read up to 1 MiB
@@ -86,6 +88,12 @@ class BackendView:
 
     def status(self) -> dict[str, Any]:
         return self._backend.status()
+
+    def provider_of(self, cls: type[P]) -> P | None:
+        """The backend's provider if it is a ``cls`` (a plugin reaching its own
+        providers, e.g. for its management routes), else None."""
+        provider = self._backend.provider
+        return provider if isinstance(provider, cls) else None
 
     def __repr__(self) -> str:
         return f"<BackendView {self.name!r}>"
@@ -181,8 +189,11 @@ class Backend:
                     f"first_byte_timeout_s = {self.config.first_byte_timeout_s:g}s"
                 ) from exc
         except UpstreamError as exc:
-            self._release(ok=False)
-            self.last_error = exc.message
+            if exc.model_scoped:  # the backend is fine; one of its models is not
+                self._release(ok=None)
+            else:
+                self._release(ok=False)
+                self.last_error = exc.message
             raise
         except BaseException:
             self.circuit.release_trial()

@@ -110,6 +110,8 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
             if last_error is not None:
                 raise last_error
             raise _no_backend(request, serving, now)
+        if len(candidates) > 1:
+            candidates = _warm_first(candidates, request.target_model)
         backend = strategy.choose(candidates, request)._backend
         tried.add(backend.name)
         served_model = backend.config.aliases.get(request.target_model, request.target_model)
@@ -144,6 +146,16 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         with attempt:
             return await attempt_once()
     raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises
+
+
+def _warm_first(candidates: list[BackendView], model: str) -> list[BackendView]:
+    """Where the model is loaded already, when it is somewhere: a cold load never holds
+    up a request that a warm backend can take."""
+    if not any(c._backend.provider.loads_on_demand for c in candidates):
+        return candidates
+    warm = [c for c in candidates if not c._backend.provider.loads_on_demand
+            or c._backend.provider.is_warm(c.config.aliases.get(model, model))]
+    return warm or candidates
 
 
 def _no_backend(request: ProxyRequest, serving: list[Backend], now: float) -> RouterError:

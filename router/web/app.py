@@ -62,6 +62,8 @@ def init_app(
             raise ValueError(f"a plugin tried to replace the route {route.method} {route.path}")
         taken.add((route.method, route.path))
         routes.append(route)
-    add_routes(app, routes)
+    # Fixed paths before patterns: a plugin's GET /v1/models/loaded is not "the model
+    # named 'loaded'" of the core's GET /v1/models/{model}.
+    add_routes(app, sorted(routes, key=lambda r: "{" in r.path))
     app[ROUTES] = routes
     return app

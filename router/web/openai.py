@@ -110,6 +110,8 @@ async def _transforms(state: RouterState, request: ProxyRequest, exchange: Excha
 def model_list(state: RouterState) -> list[dict[str, object]]:
     out = []
     for model_id, card, backends in state.index.served():
+        if card is not None and not card.listed:
+            continue
         extra: dict[str, object] = dict(card.extra) if card else {}
         extra["backends"] = [b.name for b in backends]
         if card is None:

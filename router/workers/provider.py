@@ -50,6 +50,7 @@ class WorkerProvider(Provider, Generic[E, S]):
     engine: ClassVar[str]
     #: What a model is on disk, for messages ("a .gguf file", "a model folder").
     model_kind: ClassVar[str] = "model"
+    loads_on_demand = True
 
     def __init__(self, config: BackendConfig, *, idle_ttl_s: float | None, limits: Limits,
                  startup_timeout_s: float, logger: logging.Logger) -> None:
@@ -231,6 +232,10 @@ class WorkerProvider(Provider, Generic[E, S]):
         the backend cannot serve (the engine is not installed, say) a request for one gets
         503 with the reason, not 404."""
         return [ModelCard(id=self.model_id(self.settings_for(e)), owned_by=self.engine) for e in self.entries()]
+
+    def is_warm(self, model: str) -> bool:
+        local = self.models.get(model)
+        return local is not None and local.process.alive()
 
     async def health_check(self) -> None:
         await self.list_models()
