@@ -12,6 +12,8 @@ from router.config.loader import ConfigError
 from router.config.schema import (
     BackendConfig,
     Config,
+    ReasoningConfig,
+    ReasoningFormat,
     RoutingConfig,
     bounded,
     flatten,
@@ -65,7 +67,7 @@ __all__ = [
     "Provider", "ModelCard", "UpstreamRequest", "UpstreamResponse", "StaticResponse",
     "AiohttpUpstreamResponse", "IdleWatchdog", "pooled_session", "deadline", "Admission",
     # config
-    "Config", "RoutingConfig", "BackendConfig", "ConfigError", "setting", "bounded", "flatten", "overrides_of",
+    "Config", "RoutingConfig", "BackendConfig", "ReasoningConfig", "ReasoningFormat", "ConfigError", "setting", "bounded", "flatten", "overrides_of",
     # requests, responses, streams
     "ProxyRequest", "ResponseTransform", "SSEEvent", "SSESplitter", "encode_event",
     # read-only views for hooks and strategies

@@ -66,6 +66,12 @@ class Behaviour:
     body_pad: int = 0               # extra bytes in a non-streamed answer
     body_pieces: int = 1            # write a non-streamed answer in this many pieces...
     body_piece_delay_s: float = 0.0  # ... this far apart
+    # Scripted answers (None: the defaults above, "hello from <name>" and "tokN " chunks).
+    content: str | None = None      # a non-streamed answer's message.content
+    message_extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # more message fields
+    usage_extra: dict[str, Any] = dataclasses.field(default_factory=dict)    # more usage fields
+    pieces: list[str] | None = None  # a stream's delta.content pieces, one per event
+    deltas: list[dict[str, Any]] | None = None  # ... or whole deltas, one per event
 
 
 class FakeUpstream:
@@ -207,10 +213,11 @@ class FakeUpstream:
         return f"hello from {self.name}"
 
     def _completion(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
-        text = self._text(body)
-        usage = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+        b = self.behaviour
+        text = self._text(body) if b.content is None else b.content
+        usage: dict[str, Any] = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9, **b.usage_extra}
         if chat:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": text, **b.message_extra}
             if body.get("tools"):
                 tool = body["tools"][0]["function"]["name"]
                 message = {"role": "assistant", "content": None, "tool_calls": [
@@ -230,10 +237,13 @@ class FakeUpstream:
         b = self.behaviour
         created = int(time.time())
         events: list[bytes] = []
-        for i in range(b.chunks):
-            piece = f"tok{i} " + "x" * b.chunk_pad
+        deltas = b.deltas
+        pieces = b.pieces if b.pieces is not None else [f"tok{i} " + "x" * b.chunk_pad for i in range(b.chunks)]
+        content_events = len(deltas) if deltas is not None else len(pieces)
+        for i in range(content_events):
+            piece = pieces[i] if deltas is None else str(deltas[i].get("content") or "")
             if chat:
-                delta: dict[str, Any] = {"content": piece}
+                delta: dict[str, Any] = {"content": piece} if deltas is None else dict(deltas[i])
                 if i == 0:
                     delta["role"] = "assistant"
                 if body.get("tools") and i == 0:
@@ -258,7 +268,8 @@ class FakeUpstream:
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
                          "model": body["model"], "choices": [],
-                         "usage": {"prompt_tokens": 5, "completion_tokens": b.chunks, "total_tokens": 5 + b.chunks}}
+                         "usage": {"prompt_tokens": 5, "completion_tokens": b.chunks, "total_tokens": 5 + b.chunks,
+                                   **b.usage_extra}}
                 events.append(b"data: " + jsonlib.dumps(usage) + b"\n\n")
         if not b.omit_done:
             events.append(b"data: [DONE]\n\n")
@@ -280,7 +291,7 @@ class FakeUpstream:
                 chunk_data["sent_at"] = time.time()
                 event = b"data: " + jsonlib.dumps(chunk_data) + b"\n\n"
             await response.write(event)
-            if b.chunk_delay_s and i < b.chunks:
+            if b.chunk_delay_s and i < content_events:
                 await asyncio.sleep(b.chunk_delay_s)
         await response.write_eof()
         return response

@@ -166,6 +166,8 @@ class _Loader:
             raise self.error(key, node, f"must be at most {meta['le']:g}, got {value!r}")
         if meta.get("choices") and value not in meta["choices"]:
             raise self.error(key, node, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
+        if meta.get("length") is not None and (len(value) != meta["length"] or not all(value)):
+            raise self.error(key, node, f"must be a list of exactly {meta['length']} non-empty items, got {value!r}")
 
     def scalar(self, tp: Any, node: yaml.Node, key: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):

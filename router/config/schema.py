@@ -9,20 +9,24 @@ overrides (see ``plugins.gguf``). Nothing here reads files; ``router.config.load
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from pathlib import Path
 from typing import Any
 
 
 def setting(default: Any, *, ge: float | None = None, gt: float | None = None,
             le: float | None = None, choices: tuple[str, ...] | None = None,
-            help: str | None = None) -> Any:  # noqa: A002 - argparse's name for it
+            length: int | None = None, help: str | None = None) -> Any:  # noqa: A002 - argparse's name for it
     """A dataclass field whose value the loader checks (with file, key and line).
 
-    ``help`` documents the key; the worker toolkit also turns such fields into CLI flags.
+    ``length``: a list must have exactly that many items, none of them empty. ``help``
+    documents the key; the worker toolkit also turns such fields into CLI flags. A list
+    default is copied for each instance.
     """
-    return dataclasses.field(
-        default=default, metadata={"ge": ge, "gt": gt, "le": le, "choices": choices, "help": help}
-    )
+    metadata = {"ge": ge, "gt": gt, "le": le, "choices": choices, "length": length, "help": help}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 bounded = setting  # the name the first plugins used
@@ -101,6 +105,31 @@ class RoutingConfig:
 
 
 @dataclasses.dataclass
+class ReasoningFormat:
+    """How answers carry their thinking (docs/reasoning.md): ``auto`` parses a leading think
+    tag or GPT-OSS harmony markers, ``think`` only the tags, ``harmony`` only the markers,
+    ``none`` nothing (the answer passes untouched, byte for byte)."""
+
+    parser: str = setting("auto", choices=("auto", "think", "harmony", "none"))
+    tags: list[str] = setting(["<think>", "</think>"], length=2)
+
+
+@dataclasses.dataclass
+class ReasoningConfig(ReasoningFormat):
+    """A backend's ``reasoning:``; ``models`` overrides it for the models matching a glob
+    (the first glob that matches wins)."""
+
+    models: dict[str, ReasoningFormat] = dataclasses.field(default_factory=dict)
+
+    def for_model(self, *names: str) -> ReasoningFormat:
+        """The format for a model, by any of its names (client-facing, served)."""
+        for pattern, fmt in self.models.items():
+            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                return fmt
+        return self
+
+
+@dataclasses.dataclass
 class BackendConfig:
     name: str
     provider: str
@@ -115,6 +144,7 @@ class BackendConfig:
     read_timeout_s: float = setting(120.0, gt=0)
     headers: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    reasoning: ReasoningConfig = dataclasses.field(default_factory=ReasoningConfig)
     # The provider's own keys (an instance of its options_class), validated like the rest.
     options: Any = None
     # The config file's directory (not a YAML key): relative paths a provider reads
