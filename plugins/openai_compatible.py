@@ -44,6 +44,9 @@ _GLOB_CHARS = frozenset("*?[")
 @dataclasses.dataclass
 class OpenAICompatibleOptions:
     models: list[str] = dataclasses.field(default_factory=list)
+    #: Fields merged into every request body (the request's own fields win), e.g.
+    #: ``{backend: llamacpp, device: cuda}`` for a remote XandRouting server.
+    extra_body: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class OpenAICompatibleProvider(Provider):
@@ -56,6 +59,7 @@ class OpenAICompatibleProvider(Provider):
         options: OpenAICompatibleOptions = config.options or OpenAICompatibleOptions()
         self.patterns = [p for p in options.models if _GLOB_CHARS & set(p)]
         self.literals = [p for p in options.models if not _GLOB_CHARS & set(p)]
+        self.extra_body = options.extra_body
         # Everything per-request that can be built once is built here: the headers (no
         # session defaults, which aiohttp would merge into a new multidict per request; a
         # fixed User-Agent, since aiohttp's default is rebuilt per request) and the URLs
@@ -86,8 +90,11 @@ class OpenAICompatibleProvider(Provider):
         headers = {**(self.stream_headers if request.stream else self.post_headers), **request.headers}
         url = self.urls.get(request.endpoint) or URL(f"{self.root}/v1/{request.endpoint}")
         # The router bounds the wait for the response headers (first_byte_timeout_s).
+        body = request.body
+        if self.extra_body:  # only then is the body rebuilt
+            body = jsonlib.dumps({**self.extra_body, **request.payload, "model": request.model})
         try:
-            response = await session.post(url, data=request.body, headers=headers)
+            response = await session.post(url, data=body, headers=headers)
         except aiohttp.ServerTimeoutError as exc:
             raise UpstreamTimeout(
                 f"backend {self.name!r}: no connection within connect_timeout_s = "

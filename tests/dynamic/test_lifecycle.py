@@ -327,3 +327,20 @@ async def test_a_stream_holds_its_model_until_it_ends(tmp_path: Path) -> None:
             await asyncio.sleep(0.02)
         assert (await loaded(client))["a.gguf"]["in_flight"] == 0
 
+
+
+async def test_a_remote_xandrouting_server_gets_extra_body_fields() -> None:
+    remote = await FakeUpstream("xand", models=["/models/qwen"]).start()
+    try:
+        cfg = {"backends": [{"name": "xand", "provider": "openai_compatible", "base_url": remote.url,
+                             "extra_body": {"backend": "llamacpp", "device": "cuda"}}]}
+        async with router_client(cfg) as client:
+            status, _, _ = await chat(client, "/models/qwen")
+            assert status == 200
+            status, _, _ = await chat(client, "/models/qwen", device="cpu")
+            assert status == 200
+        first, second = remote.requests[-2:]
+        assert first["backend"] == "llamacpp" and first["device"] == "cuda" and first["model"] == "/models/qwen"
+        assert second["device"] == "cpu"  # the request's own fields win
+    finally:
+        await remote.stop()
