@@ -189,7 +189,8 @@ class KeyRing:
         if not self.by_id and not self.open:
             log.warning("auth: no client keys yet, so every request is refused with 401; "
                         "declare some in auth.keys or create them with POST /admin/keys")
-        log.info("client keys: %d (%s)", len(self.by_id), ", ".join(sorted(self.names())) or "none")
+        if self.by_id:
+            log.info("client keys: %d (%s)", len(self.by_id), ", ".join(sorted(self.names())))
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:

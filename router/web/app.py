@@ -20,6 +20,7 @@ from router.registry import Registry
 from router.state import RouterState
 from router.web import admin, health, metrics, openai
 from router.web.connections import ConnectionLimits
+from router.web.cors import setup_cors
 from router.web.middlewares import STATE, auth_middleware, error_middleware, identity_headers
 from router.web.routes import ROUTES, Route, add_routes
 
@@ -66,4 +67,6 @@ def init_app(
     # named 'loaded'" of the core's GET /v1/models/{model}.
     add_routes(app, sorted(routes, key=lambda r: "{" in r.path))
     app[ROUTES] = routes
+    if config.server.cors_origins:
+        setup_cors(app, config.server.cors_origins)
     return app
