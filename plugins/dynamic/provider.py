@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from plugins.dynamic.engines import choose_engine, launch_for, memory_gb
@@ -40,6 +41,28 @@ log = logging.getLogger("router.dynamic")
 
 #: How long ``POST /v1/models/unload`` waits for a model's requests to finish.
 UNLOAD_WAIT_S = 60.0
+
+
+class _CardFacts(Mapping[str, Any]):
+    """A model card's extra fields, with ``loaded`` read live (cards are kept between
+    discoveries; whether the model is loaded changes in between)."""
+
+    __slots__ = ("_provider", "_name", "_fixed")
+
+    def __init__(self, provider: DynamicProvider, name: str, fixed: dict[str, Any]) -> None:
+        self._provider, self._name, self._fixed = provider, name, fixed
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "loaded":
+            return self._provider.is_warm(self._name)
+        return self._fixed[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "loaded"
+        yield from self._fixed
+
+    def __len__(self) -> int:
+        return len(self._fixed) + 1
 
 
 class DynamicProvider(Provider):
@@ -115,11 +138,10 @@ class DynamicProvider(Provider):
         if not self.root.is_dir():
             raise UpstreamError(f"backend {self.name!r}: models_dir {self.root} is not a folder")
         found = await asyncio.to_thread(scan, self.root)
-        loaded = {i.spec.model.name for i in self.lifecycle.instances.values() if i.ready}
         prefix = self.options.path_prefix.rstrip("/")
         cards = []
         for model in found:
-            extra = {"loaded": model.name in loaded, "path": f"{prefix}/{model.name}", "model_type": model.kind}
+            extra = _CardFacts(self, model.name, {"path": f"{prefix}/{model.name}", "model_type": model.kind})
             cards.append(ModelCard(id=model.name, owned_by="dynamic", extra=extra))
             if prefix:
                 cards.append(ModelCard(id=f"{prefix}/{model.name}", owned_by="dynamic", extra=extra, listed=False))

@@ -75,6 +75,13 @@ class LoadRequest:
     ttl_s: float | None = None
 
 
+def _checked(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, _KINDS[name]):
+        kind = " or ".join(t.__name__ for t in _KINDS[name])
+        raise InvalidRequest(f"{name!r} must be a {kind}, got {value!r}", param=name)
+    return value
+
+
 def load_request(payload: dict[str, Any]) -> LoadRequest:
     """The load fields of a request body, checked (400 naming the field)."""
     options: dict[str, Any] = {}
@@ -83,10 +90,7 @@ def load_request(payload: dict[str, Any]) -> LoadRequest:
     for name in LOAD_FIELDS:
         if name not in payload or payload[name] is None:
             continue
-        value: Any = payload[name]
-        if isinstance(value, bool) or not isinstance(value, _KINDS[name]):
-            kind = " or ".join(t.__name__ for t in _KINDS[name])
-            raise InvalidRequest(f"{name!r} must be a {kind}, got {value!r}", param=name)
+        value = _checked(name, payload[name])
         if name == "backend":
             engine = value
         elif name == "ttl":
