@@ -27,6 +27,7 @@ from router.config.schema import Config
 from router.hooks import Hooks
 from router.plugins import make_plugin_manager
 from router.registry import Registry
+from router.telemetry import setup_logging
 
 log = logging.getLogger("router")
 
@@ -112,7 +113,7 @@ def cmd_serve(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     if args.port is not None:
         config.server.port = args.port
     check_exposure(config)
-    _setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, config.server.log_format)
     try:
         import uvloop
     except ImportError:

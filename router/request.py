@@ -23,6 +23,7 @@ class ProxyRequest:
     __slots__ = (
         "endpoint", "body", "payload", "model", "target_model", "stream",
         "request_id", "headers", "started", "identity", "context", "_body_dirty",
+        "first_byte_at", "usage_raw", "error_code",
     )
 
     def __init__(self, endpoint: str, request_id: str, headers: Mapping[str, str],
@@ -38,6 +39,12 @@ class ProxyRequest:
         #: What plugins note about this request for their later hooks (prepare_request
         #: → transform_response, say); keys are the plugin's own.
         self.context: dict[str, Any] = {}
+        #: Filled when the answer is done, for observers (``observe_response``): when its
+        #: first byte was relayed, the raw bytes that carry its usage (see ``usage()``),
+        #: and the error code it ended with, if any.
+        self.first_byte_at: float | None = None
+        self.usage_raw = b""
+        self.error_code: str | None = None
         self.payload: dict[str, Any] = {}
         #: The model the client named ("" until parsed), and after global aliases.
         self.model = ""
@@ -72,6 +79,31 @@ class ProxyRequest:
         self.payload = payload
         self.model = self.target_model = model
         self.stream = stream
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Seconds from receipt to the answer's first byte (for a whole body: all of it)."""
+        return None if self.first_byte_at is None else self.first_byte_at - self.started
+
+    def usage(self) -> dict[str, int] | None:
+        """The answer's token usage (``prompt_tokens``, ``completion_tokens``, ...), parsed
+        on demand from what the relay kept; None when the answer said none."""
+        raw = self.usage_raw
+        if not raw:
+            return None
+        if raw.lstrip().startswith(b"{"):
+            candidates = [raw]
+        else:  # stream events: the last one that mentions usage
+            candidates = [line[5:] for line in raw.splitlines() if line.startswith(b"data:") and b'"usage"' in line]
+        for candidate in reversed(candidates):
+            try:
+                data = jsonlib.loads(candidate)
+            except ValueError:
+                continue
+            usage = data.get("usage") if isinstance(data, dict) else None
+            if isinstance(usage, dict):
+                return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        return None
 
     def update_payload(self, **fields: Any) -> None:
         """Change body fields (for plugins); the body is re-serialized once before sending."""

@@ -7,6 +7,7 @@
     ├── index       model -> backends, aliases, strategy per model (router.routing.index)
     ├── backends    the live backends, discovery and health loops (router.routing.backends)
     ├── stats       the router's counters (router.stats)
+    ├── telemetry   the request log line and request metrics (router.telemetry)
     └── view        the read-only RouterView that hooks receive (router.view)
 """
 
@@ -22,6 +23,7 @@ from router.registry import Registry
 from router.routing.backends import BackendSet
 from router.routing.index import ModelIndex
 from router.stats import Stats
+from router.telemetry import Telemetry
 from router.view import RouterView
 
 
@@ -33,6 +35,7 @@ class RouterState:
         self.index = ModelIndex(config, self.registry.strategies)
         self.backends = BackendSet(config, self.registry.providers, self.index)
         self.stats = Stats()
+        self.telemetry = Telemetry(config.server)
         self.view = RouterView(config, self.index, self.backends, self.stats)
 
     async def start(self) -> None:

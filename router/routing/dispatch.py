@@ -28,12 +28,17 @@ class Exchange:
     """A response that has started (from a backend, or an early answer with no backend);
     ``finish`` must be called exactly once."""
 
-    __slots__ = ("backend", "response", "_done")
+    __slots__ = ("backend", "response", "_done", "first_byte_at", "usage_raw")
 
     def __init__(self, backend: Backend | None, response: UpstreamResponse) -> None:
         self.backend = backend
         self.response = response
         self._done = False
+        #: When the first byte of the answer reached the relay (time to first token).
+        self.first_byte_at: float | None = None
+        #: The bytes that carry the answer's ``usage`` (a whole body, or the last stream
+        #: chunk that mentions it), kept by reference and parsed only if someone asks.
+        self.usage_raw = b""
 
     def finish(self, ok: bool | None) -> None:
         if not self._done:

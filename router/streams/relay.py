@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
@@ -37,6 +38,7 @@ SSE_DONE = b"data: [DONE]\n\n"
 _TAIL = 32
 _FINISH_COMPACT = b'"finish_reason":"'
 _FINISH_SPACED = b'"finish_reason": "'
+_USAGE = b'"usage"'
 _UPSTREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, UpstreamError)
 
 
@@ -64,6 +66,8 @@ async def relay_body(exchange: Exchange, request_id: str, chain: TransformChain 
         exchange.finish(ok=None)
         raise
     exchange.finish(ok=True)
+    exchange.first_byte_at = time.monotonic()
+    exchange.usage_raw = body
     if chain is not None:
         body = chain.body(body, response.content_type)
     return web.Response(
@@ -107,8 +111,12 @@ async def relay_stream(
                 )
                 await out.write(_error_event(error, at_boundary))
                 break
+            if exchange.first_byte_at is None:
+                exchange.first_byte_at = time.monotonic()
             if not finished and (_FINISH_COMPACT in chunk or _FINISH_SPACED in chunk):
                 finished = True
+            if _USAGE in chunk:  # the usage chunk comes last: keep it (a reference) for observers
+                exchange.usage_raw = chunk
             tail = (tail + chunk)[-_TAIL:] if len(chunk) < _TAIL else chunk[-_TAIL:]
             if splitter is None:
                 await out.write(chunk)

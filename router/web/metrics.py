@@ -87,7 +87,8 @@ def render(state: RouterState) -> bytes:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouterCollector(state))
-    return generate_latest(registry)
+    requests = state.telemetry.metrics
+    return generate_latest(registry) + (generate_latest(requests.registry) if requests is not None else b"")
 
 
 async def metrics_view(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ def proxy_handler(endpoint: str) -> Handler:
         hooks = state.hooks
         proxy_request = ProxyRequest(endpoint, request_id_of(request), request.headers)
         state.stats.requests += 1
+        state.telemetry.started()
         status = 500
         exchange: Exchange | None = None
         routing_timeout = state.config.routing.timeout_s
@@ -69,6 +70,7 @@ def proxy_handler(endpoint: str) -> Handler:
             return stream_response
         except RouterError as exc:
             status = exc.status
+            proxy_request.error_code = exc.code
             raise
         except asyncio.CancelledError:
             status = 499  # the client closed the request (nginx's convention)
@@ -77,11 +79,13 @@ def proxy_handler(endpoint: str) -> Handler:
             state.stats.finished(status)
             if exchange is not None:
                 exchange.finish(None)  # no-op unless something above failed before finishing
+                proxy_request.first_byte_at, proxy_request.usage_raw = exchange.first_byte_at, exchange.usage_raw
+            elapsed_s = time.monotonic() - proxy_request.started
+            state.telemetry.finished(proxy_request, exchange.backend.name if exchange is not None and exchange.backend
+                                     else None, status, elapsed_s)
             if hooks.has_observe_response:
                 backend = exchange.backend.view if exchange is not None and exchange.backend else None
-                await hooks.observe_response(
-                    proxy_request, backend, status, time.monotonic() - proxy_request.started
-                )
+                await hooks.observe_response(proxy_request, backend, status, elapsed_s)
 
     view.__name__ = f"proxy_{endpoint.replace('/', '_')}"
     view.authenticates = True  # type: ignore[attr-defined]  # see middlewares.auth_middleware

@@ -1,0 +1,166 @@
+"""What the router records about each finished request: one structured log line
+(``server.log_format``: ``json`` or ``pretty``) and the request metrics behind ``/metrics``.
+
+Both run once per request, when it has finished (streams included), from what the request
+already carries: its identity's name, model, backend, status, latency, time to first
+token and the answer's usage (parsed only here, from the bytes the relay kept by
+reference). Prompts and answers are logged only with ``server.log_payloads: true``. The
+metrics are prometheus-client objects in the app's own registry (``metrics`` extra); with
+prometheus-client missing, only the log line is written.
+
+Series (names from the OpenTelemetry GenAI conventions where they exist):
+
+    gen_ai_server_request_duration_seconds    histogram  model, backend, status, key
+    gen_ai_server_time_to_first_token_seconds histogram  model, backend, key (streams)
+    gen_ai_client_token_usage                 histogram  model, backend, key, token_type
+    router_model_requests_total               counter    model, backend, status, key
+    router_tokens_total                       counter    model, backend, key, token_type
+    router_rate_limited_total                 counter    key
+    router_requests_in_flight                 gauge
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from router import jsonlib
+from router.config.schema import ServerConfig
+from router.identity import Identity
+from router.request import ProxyRequest
+
+log = logging.getLogger("router.requests")
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+
+
+def key_name(request: ProxyRequest) -> str:
+    identity = request.identity
+    if isinstance(identity, Identity) and identity.name:
+        return identity.name
+    return "" if identity is None else type(identity).__name__
+
+
+class RequestMetrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.duration = Histogram("gen_ai_server_request_duration_seconds",
+                                  "Seconds from a request's receipt to the end of its answer.",
+                                  ["model", "backend", "status", "key"], buckets=DURATION_BUCKETS, registry=r)
+        self.ttft = Histogram("gen_ai_server_time_to_first_token_seconds",
+                              "Seconds from a streamed request's receipt to its first byte.",
+                              ["model", "backend", "key"], buckets=DURATION_BUCKETS, registry=r)
+        self.token_usage = Histogram("gen_ai_client_token_usage", "Tokens per request, by type (input, output).",
+                                     ["model", "backend", "key", "token_type"], buckets=TOKEN_BUCKETS, registry=r)
+        self.requests = Counter("router_model_requests", "Requests by model, backend, status and key name.",
+                                ["model", "backend", "status", "key"], registry=r)
+        self.tokens = Counter("router_tokens", "Tokens by model, backend, key name and type (input, output).",
+                              ["model", "backend", "key", "token_type"], registry=r)
+        self.rate_limited = Counter("router_rate_limited", "Requests refused for a key's rpm/tpm.",
+                                    ["key"], registry=r)
+        self.in_flight = Gauge("router_requests_in_flight", "Client requests being answered now.", registry=r)
+
+    def record(self, request: ProxyRequest, backend: str, status: int, elapsed_s: float, key: str,
+               usage: dict[str, int] | None) -> None:
+        model = request.model
+        code = str(status)
+        self.duration.labels(model, backend, code, key).observe(elapsed_s)
+        self.requests.labels(model, backend, code, key).inc()
+        if request.stream and request.first_byte_at is not None and status < 400:
+            self.ttft.labels(model, backend, key).observe(request.first_byte_at - request.started)
+        if usage:
+            for token_type, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+                count = usage.get(field)
+                if count is not None:
+                    self.token_usage.labels(model, backend, key, token_type).observe(count)
+                    self.tokens.labels(model, backend, key, token_type).inc(count)
+        if request.error_code == "rate_limit_exceeded":
+            self.rate_limited.labels(key).inc()
+
+
+class Telemetry:
+    """One per app: the request log and the request metrics."""
+
+    def __init__(self, server: ServerConfig) -> None:
+        self.payloads = server.log_payloads
+        try:
+            self.metrics: RequestMetrics | None = RequestMetrics()
+        except ImportError:
+            self.metrics = None
+
+    def started(self) -> None:
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+
+    def finished(self, request: ProxyRequest, backend: str | None, status: int, elapsed_s: float) -> None:
+        metrics = self.metrics
+        logging_on = log.isEnabledFor(logging.INFO)
+        if metrics is None and not logging_on:
+            return
+        key = key_name(request)
+        usage = request.usage() if status < 400 else None
+        if metrics is not None:
+            metrics.in_flight.dec()
+            metrics.record(request, backend or "", status, elapsed_s, key, usage)
+        if logging_on:
+            fields: dict[str, Any] = {
+                "request_id": request.request_id, "endpoint": request.endpoint, "key": key or None,
+                "model": request.model or None, "backend": backend, "status": status,
+                "stream": request.stream, "latency_ms": round(elapsed_s * 1000, 2),
+                "ttft_ms": None if request.ttft_s is None else round(request.ttft_s * 1000, 2),
+                "prompt_tokens": usage.get("prompt_tokens") if usage else None,
+                "completion_tokens": usage.get("completion_tokens") if usage else None,
+            }
+            if request.error_code:
+                fields["error"] = request.error_code
+            if self.payloads:
+                fields["request_body"] = request.payload or None
+                raw = request.usage_raw
+                if raw and not request.stream:
+                    fields["response_body"] = raw.decode("utf-8", "replace")
+            log.info("%s", _pretty(fields), extra={"fields": fields})
+
+
+def _pretty(fields: dict[str, Any]) -> str:
+    head = f"{fields['endpoint']} {fields['status']} {fields['latency_ms']}ms"
+    rest = " ".join(f"{k}={v}" for k, v in fields.items()
+                    if k not in ("endpoint", "status", "latency_ms") and v is not None
+                    and k not in ("request_body", "response_body"))
+    tail = "".join(f" {k}={jsonlib.dumps(fields[k]).decode()}" for k in ("request_body", "response_body")
+                   if fields.get(k) is not None)
+    return f"{head} {rest}{tail}"
+
+
+class JSONFormatter(logging.Formatter):
+    """Every log record as one JSON object; a request line's fields at the top level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        else:
+            out["message"] = record.getMessage()
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return jsonlib.dumps(out).decode()
+
+
+def setup_logging(level: str, log_format: str) -> None:
+    """The router's logging: ``pretty`` lines or ``json`` objects on stderr."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
