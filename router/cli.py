@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 import pluggy
 
 from router.commands import Command
+from router.config.env import PASSED_ENV
 from router.config.loader import ConfigError, load_config
 from router.config.schema import Config
 from router.hooks import Hooks
@@ -126,6 +128,14 @@ def cmd_serve(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
 def cmd_check(args: argparse.Namespace, pm: pluggy.PluginManager) -> int:
     config, _ = _load(args.config, pm)
     print(f"{args.config}: OK ({len(config.backends)} backends, strategy {config.routing.strategy})")
+    for key, var in config.from_env.items():
+        value: object = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        print(f"  {key} = {value!r}  (from the environment: {var})")
+    for var in PASSED_ENV:
+        if os.environ.get(var):
+            print(f"  {var} = {os.environ[var]!r}  (read by Hugging Face downloads)")
     return 0
 
 

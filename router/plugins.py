@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.gptq",
     "plugins.dynamic",
     "plugins.keys",
+    "plugins.generation",
     "plugins.reasoning",
 )
 

@@ -8,6 +8,7 @@
     ├── backends    the live backends, discovery and health loops (router.routing.backends)
     ├── stats       the router's counters (router.stats)
     ├── telemetry   the request log line and request metrics (router.telemetry)
+    ├── admission   server.max_concurrent, if set (router.routing.limits)
     └── view        the read-only RouterView that hooks receive (router.view)
 """
 
@@ -22,6 +23,7 @@ from router.hooks import Hooks
 from router.registry import Registry
 from router.routing.backends import BackendSet
 from router.routing.index import ModelIndex
+from router.routing.limits import Admission
 from router.stats import Stats
 from router.telemetry import Telemetry
 from router.view import RouterView
@@ -37,6 +39,10 @@ class RouterState:
         self.stats = Stats()
         self.telemetry = Telemetry(config.server)
         self.view = RouterView(config, self.index, self.backends, self.stats)
+        #: ``server.max_concurrent``: requests to the OpenAI endpoints at once, no queue.
+        limit = config.server.max_concurrent
+        self.admission = (Admission(limit, 0, label="the router (server.max_concurrent)")
+                          if limit is not None else None)
 
     async def start(self) -> None:
         await self.backends.start()

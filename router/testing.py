@@ -57,6 +57,7 @@ class Behaviour:
     fail_body: bytes | None = None  # ... and this body (default: an OpenAI error)
     retry_after: str | None = None  # Retry-After header on failures
     hang: bool = False              # never answer
+    gate: asyncio.Event | None = None  # answer once this is set (on the upstream's loop)
     reset: bool = False             # drop the connection before answering
     die_after_chunks: int | None = None  # drop the connection mid-stream
     omit_done: bool = False         # end the stream without data: [DONE]
@@ -152,6 +153,8 @@ class FakeUpstream:
         b = self.behaviour
         if b.hang:
             await asyncio.sleep(3600)
+        if b.gate is not None:
+            await b.gate.wait()
         if b.delay_s:
             await asyncio.sleep(b.delay_s)
         if b.reset:

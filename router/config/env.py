@@ -36,6 +36,30 @@ def _origins(value: str) -> list[str]:
     return [origin.strip() for origin in value.split(",") if origin.strip()]
 
 
+def _globs(value: str) -> list[str]:
+    globs = [glob.strip() for glob in value.split(",") if glob.strip()]
+    if not globs:
+        raise ValueError("must name at least one model or glob (comma-separated), got an empty value")
+    return globs
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {value!r}") from None
+
+
+def _float(value: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ValueError(f"must be a number, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return number
+
+
 #: Environment variable -> (config key path, how its text becomes the value). The
 #: environment wins over the file; ``overrides_from_env`` says which were applied.
 ENV_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
@@ -43,7 +67,19 @@ ENV_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "SERVICE_NAME": ("server.service_name", str.strip),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("server.otlp_endpoint", str.strip),
     "CORS_ALLOWED_ORIGINS": ("server.cors_origins", _origins),
+    "LLM_INFERENCE_HOSTNAME": ("server.host", str.strip),
+    "LLM_INFERENCE_PORT": ("server.port", _int),
+    "LLM_MAX_CONCURRENT_REQUESTS": ("server.max_concurrent", _int),
+    "LLM_ALLOWED_MODELS": ("generation.allowed_models", _globs),
+    "LLM_DEFAULT_TEMPERATURE": ("generation.defaults.temperature", _float),
+    "LLM_DEFAULT_TOP_P": ("generation.defaults.top_p", _float),
+    "LLM_DEFAULT_MAX_TOKENS": ("generation.defaults.max_tokens", _int),
+    "LLM_MAX_TOKENS_LIMIT": ("generation.max_tokens_limit", _int),
 }
+
+#: Read by the Hugging Face downloads themselves (huggingface_hub, in the router and the
+#: download processes it starts, which inherit the environment); ``router check`` lists them.
+PASSED_ENV = ("HF_HOME", "HF_ENDPOINT")
 
 #: ``SERVER_SSL_ENABLED=true`` turns on ``server.tls`` with these two paths.
 TLS_ENV = ("SERVER_SSL_ENABLED", "TLS_SERVER_CERT_PATH", "TLS_SERVER_KEY_PATH")
@@ -56,7 +92,10 @@ def overrides_from_env(environ: Mapping[str, str], bad: Callable[[str, str], Exc
     out: dict[str, object] = {}
     for var, (key, parse) in ENV_KEYS.items():
         if var in environ:
-            out[key] = parse(environ[var])
+            try:
+                out[key] = parse(environ[var])
+            except ValueError as exc:
+                raise bad(var, f"{exc} (it sets {key})") from exc
     enabled_var, cert_var, key_var = TLS_ENV
     if enabled_var in environ:
         flag = environ[enabled_var].strip().lower()

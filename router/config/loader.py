@@ -202,8 +202,8 @@ class _Loader:
     def config(self, root: yaml.Node) -> Config:
         mapping = self.mapping(root, "")
         backends_entry = mapping.get("backends")
-        cfg: Config = self.dataclass(Config, root, "", skip={"backends", "path", "base_dir"})
-        for name in ("path", "base_dir"):
+        cfg: Config = self.dataclass(Config, root, "", skip={"backends", "path", "base_dir", "from_env"})
+        for name in ("path", "base_dir", "from_env"):
             if name in mapping:
                 raise self.error(name, mapping[name][0], "unknown key")
         if backends_entry is not None:
@@ -361,17 +361,29 @@ def apply_env(cfg: Config, environ: Mapping[str, str], file: str) -> None:
         return ConfigError(file, "", None, f"environment variable {var}: {message}")
 
     for path, value in overrides_from_env(environ, bad).items():
-        section_name, _, name = path.partition(".")
-        section = getattr(cfg, section_name)
+        *sections, name = path.split(".")
+        section: Any = cfg
+        for part in sections:
+            section = getattr(section, part)
         if path == "server.tls":
             cfg.server.tls = None if value is None else TLSConfig(**value)  # type: ignore[arg-type]
+            cfg.from_env[path] = "SERVER_SSL_ENABLED"
             continue
-        f = {f.name: f for f in dataclasses.fields(section)}[name]
-        choices = f.metadata.get("choices")
+        var = next(v for v, (k, _) in ENV_KEYS.items() if k == path)
+        meta = {f.name: f for f in dataclasses.fields(section)}[name].metadata
+        choices = meta.get("choices")
         if choices and value not in choices:
-            var = next(v for v, (k, _) in ENV_KEYS.items() if k == path)
             raise bad(var, f"must be one of {', '.join(choices)} (it sets {path}), got {value!r}")
+        if isinstance(value, (int, float)):
+            ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
+            broken = ((ge is not None and value < ge and f"at least {ge:g}")
+                      or (gt is not None and value <= gt and f"greater than {gt:g}")
+                      or (le is not None and value > le and f"at most {le:g}"))
+            if broken:
+                raise bad(var, f"must be {broken} (it sets {path}), got {value!r}")
         setattr(section, name, value)
+        cfg.from_env[path] = var
+
 
 
 def parse_backend(

@@ -84,6 +84,8 @@ class ServerConfig:
     log_payloads: bool = False
     service_name: str = "router"
     otlp_endpoint: str | None = None
+    #: Requests to the OpenAI endpoints in progress at once, router-wide; beyond, 429.
+    max_concurrent: int | None = setting(None, ge=1)
 
 
 @dataclasses.dataclass
@@ -127,6 +129,34 @@ class ReasoningConfig(ReasoningFormat):
             if any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 return fmt
         return self
+
+
+@dataclasses.dataclass
+class GenerationDefaults:
+    """Sampling values applied when the client leaves them out (None: none applied)."""
+
+    temperature: float | None = setting(None, ge=0, le=2)
+    top_p: float | None = setting(None, gt=0, le=1)
+    max_tokens: int | None = setting(None, ge=1)
+
+
+@dataclasses.dataclass
+class GenerationModelConfig:
+    """``generation.models.<glob>``: what differs for the models matching the glob."""
+
+    defaults: GenerationDefaults = dataclasses.field(default_factory=GenerationDefaults)
+    max_tokens_limit: int | None = setting(None, ge=1)
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    """``generation``: defaults, the max_tokens limit, and the models clients may use."""
+
+    defaults: GenerationDefaults = dataclasses.field(default_factory=GenerationDefaults)
+    max_tokens_limit: int | None = setting(None, ge=1)
+    on_limit: str = setting("reject", choices=("reject", "clamp"))
+    allowed_models: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+    models: dict[str, GenerationModelConfig] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -185,7 +215,10 @@ class Config:
     backends: list[BackendConfig] = dataclasses.field(default_factory=list)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     auth: AuthConfig | None = None
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
     path: str = "<memory>"
     base_dir: Path = dataclasses.field(default_factory=Path.cwd)
+    #: Config key -> the environment variable that set it (not a YAML key; ``router check`` shows it).
+    from_env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 

@@ -37,9 +37,14 @@ def proxy_handler(endpoint: str) -> Handler:
         status = 500
         exchange: Exchange | None = None
         routing_timeout = state.config.routing.timeout_s
+        admission = state.admission
+        admitted = False
         try:
             if hooks.has_authenticate:
                 proxy_request.identity = request[IDENTITY] = await hooks.authenticate(request, state.view)
+            if admission is not None:
+                await admission.acquire()  # full: Overloaded (429), never a wait
+                admitted = True
             try:
                 # routing.timeout_s bounds the whole request up to the response headers,
                 # reading the client's body included.
@@ -76,6 +81,8 @@ def proxy_handler(endpoint: str) -> Handler:
             status = 499  # the client closed the request (nginx's convention)
             raise
         finally:
+            if admitted:
+                admission.release()  # type: ignore[union-attr]
             state.stats.finished(status)
             if exchange is not None:
                 exchange.finish(None)  # no-op unless something above failed before finishing
