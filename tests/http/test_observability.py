@@ -62,6 +62,15 @@ async def test_metrics_by_model_backend_status_and_key_with_tokens_and_ttft():
     assert value(found, "router_requests_in_flight") == 0
     assert value(found, "router_backend_in_flight", backend="a") == 0  # the older series are still there
     assert KEY not in text
+    # Every series docs/operations.md lists is served.
+    import re
+    from pathlib import Path
+
+    documented = set(re.findall(r"\| `((?:router|gen_ai)_[a-z_]+)` \|",
+                                (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()))
+    served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    served |= {re.sub(r"_(bucket|count|sum)$", "", name) for name in served}
+    assert len(documented) >= 17 and documented <= served, documented - served
 
 
 def request_lines(proc: RouterProcess) -> list[dict[str, Any]]:
@@ -121,3 +130,16 @@ def test_payloads_are_logged_only_when_asked_and_pretty_lines(tmp_path, upstream
             time.sleep(0.05)
     assert pretty and "chat/completions 200" in pretty[0] and "model=test-model" in pretty[0]
     assert "backend=a" in pretty[0] and "prompt_tokens=5" in pretty[0] and "the secret prompt" not in proc.log()
+
+
+def test_the_grafana_dashboard_uses_only_series_the_router_serves():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "docs" / "grafana.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|count|sum)$", "", name) for e in exprs
+            for name in re.findall(r"\b(router_[a-z_]+|gen_ai_[a-z_]+)\b", e)}
+    documented = set(re.findall(r"`((?:router|gen_ai)_[a-z_]+)`", (root / "docs" / "operations.md").read_text()))
+    assert used and used <= documented, used - documented
