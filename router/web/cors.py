@@ -22,7 +22,7 @@ def setup_cors(app: web.Application, origins: Sequence[str]) -> None:
     import aiohttp_cors
 
     anyone = "*" in origins
-    options = aiohttp_cors.ResourceOptions(
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
         allow_credentials=not anyone, expose_headers=EXPOSED, allow_headers="*", max_age=MAX_AGE_S,
         allow_methods="*",
     )
