@@ -58,11 +58,12 @@ from router.version import __version__
 from router.routing.backend import BackendView
 from router.view import RouterView
 from router.web.admin import admin_only
-from router.web.routes import Route
+from router.web.openai import proxy_handler
+from router.web.routes import EndpointAdapter, Route
 
 __all__ = [
     # plugin machinery
-    "hookimpl", "Command", "Route", "admin_only", "__version__",
+    "hookimpl", "Command", "Route", "admin_only", "EndpointAdapter", "proxy_handler", "__version__",
     # providers
     "Provider", "ModelCard", "UpstreamRequest", "UpstreamResponse", "StaticResponse",
     "AiohttpUpstreamResponse", "IdleWatchdog", "pooled_session", "deadline", "Admission",

@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.keys",
     "plugins.generation",
     "plugins.reasoning",
+    "plugins.compat_api",
 )
 
 

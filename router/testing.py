@@ -271,7 +271,8 @@ class FakeUpstream:
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
                          "model": body["model"], "choices": [],
-                         "usage": {"prompt_tokens": 5, "completion_tokens": b.chunks, "total_tokens": 5 + b.chunks,
+                         "usage": {"prompt_tokens": 5, "completion_tokens": content_events,
+                                   "total_tokens": 5 + content_events,
                                    **b.usage_extra}}
                 events.append(b"data: " + jsonlib.dumps(usage) + b"\n\n")
         if not b.omit_done:

@@ -23,10 +23,13 @@ from router.streams.relay import relay_body, relay_stream
 from router.streams.transform import TransformChain
 from router.identity import Identity
 from router.web.middlewares import IDENTITY, STATE, body_too_large, json_response, request_id_of
-from router.web.routes import Handler, Route, openai_routes
+from router.web.routes import EndpointAdapter, Handler, Route, openai_routes
 
 
-def proxy_handler(endpoint: str) -> Handler:
+def proxy_handler(endpoint: str, adapter: EndpointAdapter | None = None) -> Handler:
+    """The handler for one OpenAI endpoint; with an ``adapter``, for another API's route
+    served through it (``router.EndpointAdapter``)."""
+
     async def view(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         max_response = int(state.config.server.max_response_mb * 1024 * 1024)
@@ -54,12 +57,17 @@ def proxy_handler(endpoint: str) -> Handler:
                                 else await _read_body(request, state.config.server.body_timeout_s))
                     except web.HTTPRequestEntityTooLarge as exc:
                         raise body_too_large(request, exc) from exc
+                    if adapter is not None:
+                        proxy_request.body = body
+                        body = adapter.request(body)
                     proxy_request.parse_body(body)
                     if hooks.has_prepare_request:
                         await hooks.prepare_request(proxy_request, state.view)
                     answer = await hooks.answer_request(proxy_request, state.view) if hooks.has_answer_request else None
                     exchange = Exchange(None, answer) if answer is not None else await open_upstream(state, proxy_request)
                     chain = await _transforms(state, proxy_request, exchange) if hooks.has_transform_response else None
+                    if adapter is not None:
+                        chain = _adapted(chain, adapter, proxy_request, exchange)
                     if exchange.response.content_type != "text/event-stream":
                         response = await relay_body(exchange, proxy_request.request_id, chain, max_response)
                         status = response.status
@@ -116,6 +124,14 @@ async def _transforms(state: RouterState, request: ProxyRequest, exchange: Excha
     transforms = await state.hooks.transform_response(request, backend, response.status, response.content_type,
                                                         state.view)
     return TransformChain(transforms) if transforms else None
+
+
+def _adapted(chain: TransformChain | None, adapter: EndpointAdapter, request: ProxyRequest,
+             exchange: Exchange) -> TransformChain | None:
+    last = adapter.response(request, exchange.response.status, exchange.response.content_type)
+    if last is None:
+        return chain
+    return TransformChain([*(chain.transforms if chain is not None else ()), last])
 
 
 def model_list(state: RouterState) -> list[dict[str, object]]:

@@ -7,10 +7,31 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+if TYPE_CHECKING:
+    from router.request import ProxyRequest
+    from router.streams.transform import ResponseTransform
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class EndpointAdapter:
+    """Another API's shape over an OpenAI endpoint, for a plugin's compatibility routes:
+    ``router.proxy_handler(endpoint, adapter)`` serves it through the same machinery as
+    ``/v1/*`` (hooks, routing, failover, limits), with the adapter's two ends added.
+    Override what you need; the defaults change nothing."""
+
+    def request(self, body: bytes) -> bytes:
+        """The client's body → the OpenAI body for the endpoint (raise ``InvalidRequest``
+        saying what to fix)."""
+        return body
+
+    def response(self, request: ProxyRequest, status: int, content_type: str) -> ResponseTransform | None:
+        """A transform applied after every plugin's, to reshape the OpenAI answer."""
+        return None
 
 #: The OpenAI endpoints that take a JSON body and may stream, as paths below ``/v1``.
 OPENAI_ENDPOINTS: tuple[str, ...] = ("chat/completions", "completions", "embeddings")
