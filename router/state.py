@@ -8,6 +8,7 @@
     ├── backends    the live backends, discovery and health loops (router.routing.backends)
     ├── stats       the router's counters (router.stats)
     ├── telemetry   the request log line and request metrics (router.telemetry)
+    ├── store       live settings and registered backends, kept in auth.store (router.store)
     ├── admission   server.max_concurrent, if set (router.routing.limits)
     └── view        the read-only RouterView that hooks receive (router.view)
 """
@@ -25,6 +26,7 @@ from router.routing.backends import BackendSet
 from router.routing.index import ModelIndex
 from router.routing.limits import Admission
 from router.stats import Stats
+from router.store import Store
 from router.telemetry import Telemetry
 from router.view import RouterView
 
@@ -38,6 +40,10 @@ class RouterState:
         self.backends = BackendSet(config, self.registry.providers, self.index)
         self.stats = Stats()
         self.telemetry = Telemetry(config.server)
+        #: auth.store: live settings and admin-registered backends (router.store).
+        self.store = Store(config.auth.store if config.auth is not None else None)
+        #: Settings changed through /admin/settings (now or before a restart): key -> value.
+        self.stored: dict[str, Any] = {}
         self.view = RouterView(config, self.index, self.backends, self.stats)
         #: ``server.max_concurrent``: requests to the OpenAI endpoints at once, no queue.
         limit = config.server.max_concurrent

@@ -20,13 +20,18 @@ from router.routing.strategy import Strategy
 class ModelIndex:
     def __init__(self, config: Config, strategies: Mapping[str, type[Strategy]]) -> None:
         self.aliases: dict[str, str] = dict(config.aliases)
+        self.by_model: dict[str, list[Backend]] = {}
+        self._strategy_cache: dict[str, Strategy] = {}
+        self.set_strategies(config, strategies)
+
+    def set_strategies(self, config: Config, strategies: Mapping[str, type[Strategy]]) -> None:
+        """(Re)build the strategies from ``routing`` (at start, and when a setting changes live)."""
         self.default_strategy: Strategy = strategies[config.routing.strategy](config.routing)
         self.model_strategies: list[tuple[str, Strategy]] = [
             (pattern, strategies[name](config.routing))
             for pattern, name in config.routing.model_strategies.items()
         ]
-        self.by_model: dict[str, list[Backend]] = {}
-        self._strategy_cache: dict[str, Strategy] = {}
+        self._strategy_cache.clear()
 
     def rebuild(self, backends: Iterable[Backend]) -> None:
         by_model: dict[str, list[Backend]] = {}

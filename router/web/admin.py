@@ -57,6 +57,7 @@ async def add_backend(request: web.Request) -> web.Response:
     if state.backends.exists(cfg.name):
         raise Conflict(f"a backend named {cfg.name!r} exists already", param="name")
     backend = await state.backends.add(cfg)
+    await state.store.put_backend(cfg.name, await request.text())  # survives a restart (auth.store)
     return json_response(backend.status(), status=201)
 
 
@@ -66,6 +67,7 @@ async def remove_backend(request: web.Request) -> web.Response:
     if name not in state.backends.backends:
         raise NotFound(f"no backend named {name!r}")
     await state.backends.remove(name, DRAIN_TIMEOUT_S)
+    await state.store.delete_backend(name)
     return json_response({"removed": name})
 
 

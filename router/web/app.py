@@ -18,7 +18,7 @@ from router.config.schema import Config
 from router.plugins import make_plugin_manager
 from router.registry import Registry
 from router.state import RouterState
-from router.web import admin, health, metrics, openai, openapi
+from router.web import admin, health, metrics, openai, openapi, settings
 from router.web.connections import ConnectionLimits
 from router.web.cors import setup_cors
 from router.web.middlewares import STATE, auth_middleware, error_middleware, identity_headers
@@ -32,7 +32,7 @@ def connection_limits(config: Config) -> ConnectionLimits:
 
 
 def core_routes() -> list[Route]:
-    return [*openai.routes(), *health.routes(), *metrics.routes(), *admin.routes(), *openapi.routes()]
+    return [*openai.routes(), *health.routes(), *metrics.routes(), *admin.routes(), *settings.routes(), *openapi.routes()]
 
 
 def init_app(
@@ -51,9 +51,13 @@ def init_app(
         app.on_response_prepare.append(identity_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await state.store.open()
+        await settings.restore(state)
         await state.start()
+        await settings.restore_backends(state)
         yield
         await state.stop()
+        await state.store.close()
 
     app.cleanup_ctx.append(lifecycle)
     routes = core_routes()
