@@ -26,8 +26,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.gptq",
     "plugins.dynamic",
     "plugins.keys",
+    "plugins.response_cache",
     "plugins.generation",
     "plugins.reasoning",
+    "plugins.routing_info",
     "plugins.compat_api",
 )
 

@@ -22,7 +22,7 @@ FORWARDED_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 class ProxyRequest:
     __slots__ = (
         "endpoint", "body", "payload", "model", "target_model", "stream",
-        "request_id", "headers", "started", "identity", "context", "_body_dirty",
+        "request_id", "headers", "started", "identity", "context", "response_headers", "_body_dirty",
         "first_byte_at", "usage_raw", "error_code",
     )
 
@@ -39,6 +39,8 @@ class ProxyRequest:
         #: What plugins note about this request for their later hooks (prepare_request
         #: → transform_response, say); keys are the plugin's own.
         self.context: dict[str, Any] = {}
+        #: Headers a plugin adds to the answer (None: none), e.g. ``X-Router-Cache``.
+        self.response_headers: dict[str, str] | None = None
         #: Filled when the answer is done, for observers (``observe_response``): when its
         #: first byte was relayed, the raw bytes that carry its usage (see ``usage()``),
         #: and the error code it ended with, if any.

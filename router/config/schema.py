@@ -104,6 +104,8 @@ class RoutingConfig:
     timeout_s: float = setting(600.0, gt=0)
     sticky_key: str = "auto"
     model_strategies: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Add ``_routing: {backend, model_type}`` to non-streamed answers (X-Router-Backend always says it).
+    expose_routing_info: bool = False
 
 
 @dataclasses.dataclass
@@ -157,6 +159,16 @@ class GenerationConfig:
     on_limit: str = setting("reject", choices=("reject", "clamp"))
     allowed_models: list[str] = dataclasses.field(default_factory=lambda: ["*"])
     models: dict[str, GenerationModelConfig] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class CacheConfig:
+    """``cache``: exact-match answers for deterministic requests (docs/cache.md)."""
+
+    enabled: bool = False
+    ttl_s: float = setting(300.0, gt=0)
+    max_entries: int = setting(1000, ge=1)
+    max_entry_kb: float = setting(256.0, gt=0)
 
 
 @dataclasses.dataclass
@@ -216,6 +228,7 @@ class Config:
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     auth: AuthConfig | None = None
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
     path: str = "<memory>"
     base_dir: Path = dataclasses.field(default_factory=Path.cwd)
     #: Config key -> the environment variable that set it (not a YAML key; ``router check`` shows it).

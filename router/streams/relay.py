@@ -42,7 +42,7 @@ _USAGE = b'"usage"'
 _UPSTREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, UpstreamError)
 
 
-def response_headers(exchange: Exchange, request_id: str) -> dict[str, str]:
+def response_headers(exchange: Exchange, request_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = {
         name: value
         for name, value in exchange.response.headers.items()
@@ -50,12 +50,14 @@ def response_headers(exchange: Exchange, request_id: str) -> dict[str, str]:
     }
     if exchange.backend is not None:
         headers["X-Router-Backend"] = exchange.backend.name
+    if extra:  # a plugin's (ProxyRequest.response_headers)
+        headers.update(extra)
     headers["X-Request-ID"] = request_id
     return headers
 
 
 async def relay_body(exchange: Exchange, request_id: str, chain: TransformChain | None = None,
-                     limit: int | None = None) -> web.Response:
+                     limit: int | None = None, extra_headers: dict[str, str] | None = None) -> web.Response:
     response = exchange.response
     try:
         body = await response.read(limit)
@@ -74,15 +76,16 @@ async def relay_body(exchange: Exchange, request_id: str, chain: TransformChain 
         body=body,
         status=response.status,
         content_type=response.content_type,
-        headers=response_headers(exchange, request_id),
+        headers=response_headers(exchange, request_id, extra_headers),
     )
 
 
 async def relay_stream(
-    http_request: web.Request, exchange: Exchange, request_id: str, chain: TransformChain | None = None
+    http_request: web.Request, exchange: Exchange, request_id: str, chain: TransformChain | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     response = exchange.response
-    out = web.StreamResponse(status=response.status, headers=response_headers(exchange, request_id))
+    out = web.StreamResponse(status=response.status, headers=response_headers(exchange, request_id, extra_headers))
     out.content_type = response.content_type or "text/event-stream"
     out.headers["Cache-Control"] = "no-cache"
     out.headers["X-Accel-Buffering"] = "no"

@@ -69,7 +69,8 @@ def proxy_handler(endpoint: str, adapter: EndpointAdapter | None = None) -> Hand
                     if adapter is not None:
                         chain = _adapted(chain, adapter, proxy_request, exchange)
                     if exchange.response.content_type != "text/event-stream":
-                        response = await relay_body(exchange, proxy_request.request_id, chain, max_response)
+                        response = await relay_body(exchange, proxy_request.request_id, chain, max_response,
+                                                  proxy_request.response_headers)
                         status = response.status
                         return response
             except TimeoutError as exc:
@@ -78,7 +79,8 @@ def proxy_handler(endpoint: str, adapter: EndpointAdapter | None = None) -> Hand
                         f"the request body did not arrive within routing.timeout_s = {routing_timeout:g}s"
                     ) from exc
                 raise UpstreamTimeout(f"no response within routing.timeout_s = {routing_timeout:g}s") from exc
-            stream_response = await relay_stream(request, exchange, proxy_request.request_id, chain)
+            stream_response = await relay_stream(request, exchange, proxy_request.request_id, chain,
+                                                 proxy_request.response_headers)
             status = stream_response.status
             return stream_response
         except RouterError as exc:
