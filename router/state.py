@@ -39,7 +39,7 @@ class RouterState:
         self.index = ModelIndex(config, self.registry.strategies)
         self.backends = BackendSet(config, self.registry.providers, self.index)
         self.stats = Stats()
-        self.telemetry = Telemetry(config.server)
+        self.telemetry = Telemetry(config.server, config.path)
         #: auth.store: live settings and admin-registered backends (router.store).
         self.store = Store(config.auth.store if config.auth is not None else None)
         #: Settings changed through /admin/settings (now or before a restart): key -> value.

@@ -8,6 +8,11 @@ reference). Prompts and answers are logged only with ``server.log_payloads: true
 metrics are prometheus-client objects in the app's own registry (``metrics`` extra); with
 prometheus-client missing, only the log line is written.
 
+With ``server.otlp_endpoint`` (``OTEL_EXPORTER_OTLP_ENDPOINT``; the ``otel`` extra), each
+request is also a trace: a span with ``gen_ai.*`` attributes and a child span per backend
+attempt, exported over OTLP/HTTP (``Tracing``), the service named by ``server.service_name``
+(``SERVICE_NAME``).
+
 Series (names from the OpenTelemetry GenAI conventions where they exist):
 
     gen_ai_server_request_duration_seconds    histogram  model, backend, status, key
@@ -23,12 +28,17 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from router import jsonlib
+from router.config.loader import ConfigError
 from router.config.schema import ServerConfig
 from router.identity import Identity
 from router.request import ProxyRequest
+
+if TYPE_CHECKING:
+    from router.routing.backend import Backend
 
 log = logging.getLogger("router.requests")
 
@@ -83,34 +93,129 @@ class RequestMetrics:
             self.rate_limited.labels(key).inc()
 
 
-class Telemetry:
-    """One per app: the request log and the request metrics."""
+OPERATIONS = {"chat/completions": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 
-    def __init__(self, server: ServerConfig) -> None:
+
+class Tracing:
+    """OpenTelemetry spans (``server.otlp_endpoint``, the ``otel`` extra): one per request
+    with ``gen_ai.*`` attributes, and one child span per backend attempt. Spans are made
+    when the request has finished, with the times it recorded, and exported in batches by
+    the SDK's own thread, so a request never waits on the collector."""
+
+    def __init__(self, endpoint: str, service_name: str) -> None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        url = endpoint.rstrip("/")
+        if not url.endswith("/v1/traces"):
+            url += "/v1/traces"
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url), schedule_delay_millis=1000))
+        self.tracer = self.provider.get_tracer("router")
+        # Monotonic times (what requests record) -> the wall clock, in nanoseconds.
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def _ns(self, monotonic_s: float) -> int:
+        return int(monotonic_s * 1e9) + self._offset_ns
+
+    def record(self, request: ProxyRequest, backend: Backend | None, status: int, elapsed_s: float, key: str,
+               usage: dict[str, int] | None) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        operation = OPERATIONS.get(request.endpoint, request.endpoint)
+        start = self._ns(request.started)
+        end = self._ns(request.started + elapsed_s)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": request.model,
+            "http.response.status_code": status,
+            "router.request_id": request.request_id,
+            "router.stream": request.stream,
+        }
+        if backend is not None:
+            attributes["gen_ai.system"] = backend.config.provider
+            attributes["gen_ai.response.model"] = backend.config.aliases.get(request.target_model,
+                                                                                request.target_model)
+            attributes["router.backend"] = backend.name
+        if key:
+            attributes["router.key"] = key
+        if usage:
+            for name, field in (("gen_ai.usage.input_tokens", "prompt_tokens"),
+                                ("gen_ai.usage.output_tokens", "completion_tokens")):
+                if field in usage:
+                    attributes[name] = usage[field]
+        if request.error_code:
+            attributes["error.type"] = request.error_code
+        span = self.tracer.start_span(f"{operation} {request.model}".strip(), kind=SpanKind.SERVER,
+                                      start_time=start, attributes=attributes)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, request.error_code or str(status)))
+        context = trace.set_span_in_context(span)
+        # The backend attempts, in order ("name" answered, "name=code" failed). The one that
+        # answered runs to the first byte; a failed one is marked where the request began.
+        attempts = list(getattr(request, "attempts", None) or ([backend.name] if backend is not None else []))
+        first_byte = self._ns(request.first_byte_at) if request.first_byte_at is not None else end
+        for attempt in attempts:
+            name, _, failure = attempt.partition("=")
+            child = self.tracer.start_span(f"attempt {name}", context=context, kind=SpanKind.CLIENT,
+                                           start_time=start, attributes={"router.backend": name})
+            if failure:
+                child.set_attribute("error.type", failure)
+                child.set_status(Status(StatusCode.ERROR, failure))
+                child.end(end_time=start)
+            else:
+                child.end(end_time=first_byte)
+        span.end(end_time=end)
+
+    def close(self) -> None:
+        self.provider.shutdown()  # flushes what is left
+
+
+class Telemetry:
+    """One per app: the request log, the request metrics and (with an OTLP endpoint) traces."""
+
+    def __init__(self, server: ServerConfig, file: str = "") -> None:
         self.payloads = server.log_payloads
         try:
             self.metrics: RequestMetrics | None = RequestMetrics()
         except ImportError:
             self.metrics = None
+        self.tracing: Tracing | None = None
+        if server.otlp_endpoint:
+            try:
+                self.tracing = Tracing(server.otlp_endpoint, server.service_name)
+            except ImportError as exc:
+                raise ConfigError(file, "server.otlp_endpoint", None,
+                                  "tracing needs OpenTelemetry: pip install '.[otel]'") from exc
+
+    def close(self) -> None:
+        if self.tracing is not None:
+            self.tracing.close()
 
     def started(self) -> None:
         if self.metrics is not None:
             self.metrics.in_flight.inc()
 
-    def finished(self, request: ProxyRequest, backend: str | None, status: int, elapsed_s: float) -> None:
+    def finished(self, request: ProxyRequest, backend: Backend | None, status: int, elapsed_s: float) -> None:
         metrics = self.metrics
         logging_on = log.isEnabledFor(logging.INFO)
-        if metrics is None and not logging_on:
+        if metrics is None and not logging_on and self.tracing is None:
             return
         key = key_name(request)
         usage = request.usage() if status < 400 else None
+        backend_name = backend.name if backend is not None else None
         if metrics is not None:
             metrics.in_flight.dec()
-            metrics.record(request, backend or "", status, elapsed_s, key, usage)
+            metrics.record(request, backend_name or "", status, elapsed_s, key, usage)
+        if self.tracing is not None:
+            self.tracing.record(request, backend, status, elapsed_s, key, usage)
         if logging_on:
             fields: dict[str, Any] = {
                 "request_id": request.request_id, "endpoint": request.endpoint, "key": key or None,
-                "model": request.model or None, "backend": backend, "status": status,
+                "model": request.model or None, "backend": backend_name, "status": status,
                 "stream": request.stream, "latency_ms": round(elapsed_s * 1000, 2),
                 "ttft_ms": None if request.ttft_s is None else round(request.ttft_s * 1000, 2),
                 "prompt_tokens": usage.get("prompt_tokens") if usage else None,

@@ -8,6 +8,7 @@ route.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pluggy
@@ -58,6 +59,7 @@ def init_app(
         yield
         await state.stop()
         await state.store.close()
+        await asyncio.to_thread(state.telemetry.close)  # flushes spans over the network: not on the loop
 
     app.cleanup_ctx.append(lifecycle)
     routes = core_routes()

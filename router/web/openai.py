@@ -98,8 +98,8 @@ def proxy_handler(endpoint: str, adapter: EndpointAdapter | None = None) -> Hand
                 exchange.finish(None)  # no-op unless something above failed before finishing
                 proxy_request.first_byte_at, proxy_request.usage_raw = exchange.first_byte_at, exchange.usage_raw
             elapsed_s = time.monotonic() - proxy_request.started
-            state.telemetry.finished(proxy_request, exchange.backend.name if exchange is not None and exchange.backend
-                                     else None, status, elapsed_s)
+            state.telemetry.finished(proxy_request, exchange.backend if exchange is not None else None,
+                                     status, elapsed_s)
             if hooks.has_observe_response:
                 backend = exchange.backend.view if exchange is not None and exchange.backend else None
                 await hooks.observe_response(proxy_request, backend, status, elapsed_s)
