@@ -390,25 +390,40 @@ class Downloads:
             await self._save(job)
             try:
                 error = await self._fetch(job)
-                if error is None:
-                    await asyncio.to_thread(self._install, job)
             except asyncio.CancelledError:
                 self._measure(job)
                 raise
             except Exception as exc:  # a bug or the disk: the job says so, the router goes on
                 self.log.exception("downloads: %s failed", job.job_id)
                 error = f"{type(exc).__name__}: {exc}"
-            if error is None:
-                job.status = "completed"
-                job.bytes_done = job.bytes_total
-                job.files_done = len(job.files)
-            else:
-                job.status = "failed"
-                job.error = error
-                await asyncio.to_thread(shutil.rmtree, self._staging(job), True)
-            job.finished_at = _now()
-            await self._save(job)
-            self.log.info("downloads: %s %s%s", job.job_id, job.status, f": {error}" if error else "")
+            # Once the bytes are all in, moving them into place and recording it is not
+            # interrupted by a cancel or a shutdown (else the store would say "downloading"
+            # for a model that stands complete in models_dir).
+            finish = asyncio.ensure_future(self._finish(job, error))
+            try:
+                await asyncio.shield(finish)
+            except asyncio.CancelledError:
+                await finish
+                raise
+
+    async def _finish(self, job: _Job, error: str | None) -> None:
+        if error is None:
+            try:
+                await asyncio.to_thread(self._install, job)
+            except Exception as exc:
+                self.log.exception("downloads: %s: moving the files into place failed", job.job_id)
+                error = f"moving the files into {job.destination or '.'} failed: {type(exc).__name__}: {exc}"
+        if error is None:
+            job.status = "completed"
+            job.bytes_done = job.bytes_total
+            job.files_done = len(job.files)
+        else:
+            job.status = "failed"
+            job.error = error
+            await asyncio.to_thread(shutil.rmtree, self._staging(job), True)
+        job.finished_at = _now()
+        await self._save(job)
+        self.log.info("downloads: %s %s%s", job.job_id, job.status, f": {error}" if error else "")
 
     async def _fetch(self, job: _Job) -> str | None:
         """Run the child that moves the bytes; None when every file is whole in staging,

@@ -304,6 +304,22 @@ async def test_a_shutdown_mid_file_resumes_with_a_range_request(
     assert (models / "tiny-gguf" / "tiny-Q4_K_M.gguf").read_bytes() == files["tiny-Q4_K_M.gguf"]
 
 
+async def test_a_connection_cut_mid_file_is_resumed_by_huggingface_hub(
+        hub: FakeHub, models: Path, open_downloads: Callable[..., Any]) -> None:
+    size = 4 * MiB
+    files = gguf_repo(hub, big=size)
+    hub.kill_after_bytes = 2 * MiB + 12345
+    downloads = await open_downloads()
+    job = await downloads.submit(REPO, quantization="Q4_K_M")
+    done = await wait_job(downloads, job["job_id"], finished)
+    assert done["status"] == "completed", done
+    assert hub.transfers_cut == 1 and len(hub.range_requests) == 1
+    name, start = hub.range_requests[0]
+    assert name == "tiny-Q4_K_M.gguf" and MiB <= start <= 2 * MiB + 12345
+    assert hub.bytes_served < 1.5 * size
+    assert (models / "tiny-gguf" / "tiny-Q4_K_M.gguf").read_bytes() == files["tiny-Q4_K_M.gguf"]
+
+
 KILLED_ROUTER = """
 import asyncio, sys
 from pathlib import Path
@@ -502,10 +518,12 @@ def pull_argv() -> list[str]:
     return [sys.executable, "-m", "plugins.dynamic.pull"]
 
 
-async def run_pull(hub_url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+async def run_pull(hub_url: str, *args: str, env: dict[str, str] | None = None,
+                   base: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *pull_argv(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-        env={**os.environ, "HF_ENDPOINT": hub_url, "PYTHONPATH": str(ROOT), **(env or {})})
+        env={**(os.environ if base is None else base), "HF_ENDPOINT": hub_url, "PYTHONPATH": str(ROOT),
+             **(env or {})})
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -523,10 +541,18 @@ async def test_pull_downloads_with_progress_and_exit_0(hub: FakeHub, models: Pat
     assert f"pulling {REPO} (1 files" in err
 
 
-async def test_pull_honours_hf_token(hub: FakeHub, models: Path) -> None:
+@pytest.mark.parametrize("where", ["HF_TOKEN", "HF_HOME"])
+async def test_pull_honours_hf_token_and_hf_home(where: str, hub: FakeHub, models: Path, tmp_path: Path) -> None:
     hub.add_repo("org/private", {"p-Q4_K_M.gguf": blob(4096, "p")}, token="hf_secret")
+    if where == "HF_TOKEN":
+        env = {"HF_TOKEN": "hf_secret"}
+    else:  # the token `hf auth login` saves, under HF_HOME
+        (tmp_path / "hf-home").mkdir()
+        (tmp_path / "hf-home" / "token").write_text("hf_secret")
+        env = {"HF_HOME": str(tmp_path / "hf-home")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HOME")}
     rc, _, err = await run_pull(hub.url, "org/private:p-Q4_K_M.gguf", "--models-dir", str(models),
-                                "--destination", ".", env={"HF_TOKEN": "hf_secret"})
+                                "--destination", ".", env=env, base=environ)
     assert rc == 0, err
     assert (models / "p-Q4_K_M.gguf").read_bytes() == blob(4096, "p")
     assert "Bearer hf_secret" in hub.authorizations
