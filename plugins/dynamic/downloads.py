@@ -37,8 +37,9 @@ Progress. The parent reads the sizes of the staging files twice a second (``byte
 ``STORE_EVERY_S`` while it downloads. Jobs live in one SQLite file (aiosqlite), so they
 survive restarts with their final states.
 
-Endpoint and token: by default huggingface_hub's own (``HF_ENDPOINT``, ``HF_TOKEN``, the
-token saved under ``HF_HOME``); the child inherits the environment.
+Endpoint and token: by default huggingface_hub's own (``HF_ENDPOINT``, read when
+``Downloads`` is made; ``HF_TOKEN`` or the token saved under ``HF_HOME``); the child
+inherits the environment.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ class Downloads:
                  path_prefix: str | None = None, max_active: int = 2) -> None:
         self.models_dir = Path(models_dir)
         self.store = Path(store)
-        self.endpoint = endpoint
+        # HF_ENDPOINT read now, not when huggingface_hub was first imported (its constants)
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
         self.token = token
         self.log = logger or logging.getLogger("router.dynamic")
         #: The prefix clients put before model paths (``/models``): ``model_path`` in a job.

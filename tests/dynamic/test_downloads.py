@@ -496,6 +496,20 @@ async def test_verify_lists_what_a_download_would_fetch(hub: FakeHub, models: Pa
     assert [m for m, _ in hub.requests if m != "GET"] == [] and not hub.file_gets
 
 
+async def test_hf_endpoint_is_read_when_downloads_start(hub: FakeHub, models: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    files = gguf_repo(hub)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url + "/")
+    downloads = Downloads(models, models / STAGING / "jobs.db")
+    await downloads.start()
+    try:
+        job = await downloads.submit(f"{hub.url}/{REPO}/resolve/main/tiny-Q8_0.gguf")  # a mirror URL too
+        assert (await wait_job(downloads, job["job_id"], finished))["status"] == "completed"
+    finally:
+        await downloads.aclose()
+    assert (models / "tiny-gguf" / "tiny-Q8_0.gguf").read_bytes() == files["tiny-Q8_0.gguf"]
+
+
 async def test_an_unreachable_hub_is_a_502_saying_where(models: Path) -> None:
     downloads = Downloads(models, models / STAGING / "jobs.db", endpoint=f"http://127.0.0.1:{free_port()}")
     await downloads.start()
