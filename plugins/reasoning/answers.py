@@ -25,14 +25,27 @@ from plugins.reasoning.splitters import (
 THINKING = (ANALYSIS, COMMENTARY)
 
 
+#: The field vLLM sends, and '<' as Go's JSON writes it (Ollama): always looked for.
+ALWAYS = (b'"reasoning"', b"\\u003c")
+
+
 def needles(fmt: ReasoningFormat) -> tuple[bytes, ...]:
-    """Byte strings without which a body has nothing to split or rename."""
-    found = [b'"reasoning"', b"\\u003c"]  # the field vLLM sends; '<' as Go's JSON writes it
+    """The tags and markers without which a body has nothing to split."""
+    found = []
     if fmt.parser in ("auto", "think"):
         found.append(jsonlib.dumps(fmt.tags[0])[1:-1])
     if fmt.parser in ("auto", "harmony"):
         found += [lead.encode() for lead in HARMONY_LEADS]
     return tuple(found)
+
+
+def mentions(body: bytes, tags: tuple[bytes, ...]) -> bool:
+    """Whether a body may need rewriting: a quick test for '<' first (a memchr), then the
+    tags themselves, then the fields."""
+    if tags and (b"<" in body if all(t.startswith(b"<") for t in tags) else True) \
+            and any(tag in body for tag in tags):
+        return True
+    return any(needle in body for needle in ALWAYS)
 
 
 class AnswerTransform(ResponseTransform):
@@ -44,7 +57,7 @@ class AnswerTransform(ResponseTransform):
     def body(self, body: bytes, content_type: str) -> bytes:
         if "json" not in content_type:
             return body
-        if self.options is None and not any(needle in body for needle in self.needles):
+        if self.options is None and not mentions(body, self.needles):
             return body
         try:
             data = jsonlib.loads(body)

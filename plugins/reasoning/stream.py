@@ -61,6 +61,8 @@ class StreamTransform(ResponseTransform):
                 changed = True
         if self.options is None and self.fmt.parser != "none" and self.splitters:
             self.settled = all(s.plain for s in self.splitters.values())
+            # No thinking and nothing asked: the relay may forward the rest untouched.
+            self.passthrough = self.settled and not self.thinking_events
         self._last = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
         if not changed:
             return (event,)

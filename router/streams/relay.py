@@ -134,6 +134,8 @@ async def relay_stream(
                 break
             if events:  # only whole events are written: the client is always at a boundary
                 await out.write(b"".join(e.encode() for e in events))
+            if not splitter.pending and chain.passthrough:
+                splitter = None  # every transform is done with this stream: its bytes as they come
         if ok is None and not transform_failed:
             done = tail.rstrip().endswith(b"[DONE]")
             if chain is not None and splitter is not None:

@@ -19,6 +19,11 @@ from router.streams.sse import SSEEvent
 class ResponseTransform:
     """Override what you need; the defaults pass everything through unchanged."""
 
+    #: Set it once this transform will change nothing more in the stream (and has nothing
+    #: for ``end``): when every transform has, the relay stops splitting the stream and
+    #: forwards the backend's bytes as they come, as with no transform.
+    passthrough: bool = False
+
     def body(self, body: bytes, content_type: str) -> bytes:
         """A whole (non-streamed) response body, as bytes; return the body to send."""
         return body
@@ -40,6 +45,10 @@ class TransformChain:
 
     def __init__(self, transforms: Sequence[ResponseTransform]) -> None:
         self.transforms = list(transforms)
+
+    @property
+    def passthrough(self) -> bool:
+        return all(t.passthrough for t in self.transforms)
 
     def body(self, body: bytes, content_type: str) -> bytes:
         for transform in self.transforms:

@@ -178,7 +178,7 @@ def test_a_plain_stream_passes_its_events_unchanged_after_the_first_words():
     events = splitter.feed(stream)
     outs = [list(transform.event(event)) for event in events]
     assert all(out == [event] and out[0] is event for out, event in zip(outs, events))
-    assert transform.settled
+    assert transform.settled and transform.passthrough
     assert b"".join(out[0].encode() for out in outs) == stream
 
 
@@ -346,3 +346,60 @@ def test_tags_must_be_two_non_empty_strings():
                      registry.providers, registry.strategies, file="c.yaml")
     assert info.value.key == "backends[0].reasoning.parser" and "auto, think, harmony, none" in info.value.message
     assert backend  # the shared helper stays importable for the other test modules
+
+
+async def test_parser_none_leaves_the_relay_zero_copy(up):
+    """No built-in plugin returns a transform for a plain request to a ``parser: none``
+    backend (so the relay forwards the backend's chunks untouched); with ``auto`` the
+    reasoning plugin does."""
+    from router.request import ProxyRequest
+    from router.web.middlewares import STATE
+
+    body = json.dumps(chat(stream=True)).encode()
+    for parser, expected in (("none", 0), ("auto", 1)):
+        async with router_client(config(up, reasoning={"parser": parser})) as client:
+            state = client.server.app[STATE]
+            view = state.backends.backends["alpha"].view
+            request = ProxyRequest.parse("chat/completions", body, "rid", {})
+            await state.hooks.prepare_request(request, state.view)
+            for content_type in ("text/event-stream", "application/json"):
+                transforms = await state.hooks.transform_response(request, view, 200, content_type, state.view)
+                assert len(transforms) == expected, (parser, content_type, transforms)
+
+
+async def test_the_relay_stops_splitting_once_every_transform_passes_through(up):
+    """``ResponseTransform.passthrough``: the relay forwards the rest of the stream as the
+    backend's bytes, without splitting it or calling the transforms again."""
+    from router import ResponseTransform, hookimpl
+
+    seen: list[bytes] = []
+
+    class Once(ResponseTransform):
+        def event(self, event):
+            seen.append(event.data)
+            self.passthrough = True
+            return (event,)
+
+    class Plugin:
+        @hookimpl
+        def transform_response(self, content_type):
+            return Once() if content_type == "text/event-stream" else None
+
+    up.behaviour.chunks = 6
+    up.behaviour.chunk_delay_s = 0.05  # the events arrive in separate reads
+    async with router_client(config(up, reasoning={"parser": "none"}), plugins=[Plugin()]) as client:
+        deltas, events = await stream_deltas(client, chat())
+    # The first read's events only (one, unless the router was too busy to read them apart),
+    # never all eight.
+    assert 1 <= len(seen) < 8 and b"tok0" in seen[0]
+    assert joined(deltas, "content") == "".join(f"tok{i} " for i in range(6))
+    assert events[-1] == b"data: [DONE]"
+
+
+async def test_thinking_streams_are_parsed_to_the_end(up):
+    up.behaviour.pieces = ["<think>a</think>", "b", "c"]
+    up.behaviour.usage_extra = {}
+    async with router_client(config(up)) as client:
+        deltas, events = await stream_deltas(client, chat(stream_options={"include_usage": True}))
+    assert joined(deltas, "content") == "bc"
+    assert json.loads(events[-2][6:])["usage"]["thinking_tokens"] == 1
