@@ -33,6 +33,7 @@ class StreamTransform(ResponseTransform):
         #: Upstream events that carried thinking (about one token each on llama.cpp and vLLM).
         self.thinking_events = 0
         self._last: dict[str, Any] = {}
+        self._level_sent = False
 
     def event(self, event: SSEEvent) -> Iterable[SSEEvent]:
         data = event.data
@@ -64,6 +65,10 @@ class StreamTransform(ResponseTransform):
             # No thinking and nothing asked: the relay may forward the rest untouched.
             self.passthrough = self.settled and not self.thinking_events
         self._last = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
+        if self.options is not None and self.options.effort is not None and not self._level_sent:
+            chunk["reasoning_level"] = self.options.effort  # on the first chunk only
+            self._level_sent = changed = True
+            empty = False
         if not changed:
             return (event,)
         if empty:
@@ -94,8 +99,8 @@ class StreamTransform(ResponseTransform):
             if tail:
                 pieces += tail
                 fed = True
-        if fed or (self.options is not None and isinstance(delta.get("reasoning_content"), str)):
-            self._apply(delta, pieces, fed)
+        if fed or (self.options is not None and (pieces or isinstance(delta.get("reasoning_content"), str))):
+            self._apply(delta, pieces, fed or bool(pieces))
             changed = True
         return changed
 
@@ -117,6 +122,15 @@ class StreamTransform(ResponseTransform):
             delta["reasoning_content"] = thinking
         else:
             delta.pop("reasoning_content", None)
+        if self.options is not None and self.options.separate_thinking:
+            channels: dict[str, str] = {}
+            if isinstance(sent, str) and sent and wants("analysis"):
+                channels["analysis"] = sent
+            for channel, text in pieces:
+                if wants(channel) and text:
+                    channels[channel] = channels.get(channel, "") + text
+            if channels:
+                delta["channels"] = channels  # this event's text by channel
 
     def _usage(self, usage: dict[str, Any]) -> bool:
         if "thinking_tokens" in usage:

@@ -10,6 +10,7 @@ implements it, and without transforms the relay is zero-copy.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import time
 
 from aiohttp import web
@@ -155,8 +156,16 @@ def _identity(request: web.Request) -> Identity | None:
     return identity if isinstance(identity, Identity) else None
 
 
+def _served_here(state: RouterState, model_id: str) -> bool:
+    """Whether ``generation.allowed_models`` lets clients use the model (or what it aliases)."""
+    globs = state.config.generation.allowed_models
+    return globs == ["*"] or any(fnmatch.fnmatchcase(name, glob) for name in (model_id, state.index.resolve(model_id))
+                                  for glob in globs)
+
+
 async def list_models(request: web.Request) -> web.Response:
-    models = model_list(request.app[STATE])
+    state = request.app[STATE]
+    models = [m for m in model_list(state) if _served_here(state, str(m["id"]))]
     identity = _identity(request)
     if identity is not None:  # only the models this client's key may use
         models = [m for m in models if identity.allows_model(str(m["id"]))]
@@ -168,8 +177,9 @@ async def get_model(request: web.Request) -> web.Response:
     identity = _identity(request)
     if identity is not None and not identity.allows_model(model_id):
         raise ModelNotAllowed(f"this API key may not use the model {shown(model_id)}", param="model")
-    for entry in model_list(request.app[STATE]):
-        if entry["id"] == model_id:
+    state = request.app[STATE]
+    for entry in model_list(state):
+        if entry["id"] == model_id and _served_here(state, model_id):
             return json_response(entry)
     raise ModelNotFound(f"The model {shown(model_id)} does not exist", param="model")
 

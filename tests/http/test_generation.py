@@ -97,6 +97,11 @@ async def test_only_allowed_models_are_served(up):
         assert "generation.allowed_models: test-*" in error["message"]
         resp = await client.post("/v1/embeddings", json={"model": "gpt-oss-20b", "input": "x"})
         assert resp.status == 404
+        # Nor are they listed.
+        listed = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
+        assert sorted(listed) == ["gpt-4o", "test-model"]
+        assert (await client.get("/v1/models/gpt-oss-20b")).status == 404
+        assert (await client.get("/v1/models/test-model")).status == 200
     assert [r["model"] for r in up.requests] == ["test-model", "test-model"]
 
 

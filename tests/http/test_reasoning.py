@@ -403,3 +403,24 @@ async def test_thinking_streams_are_parsed_to_the_end(up):
         deltas, events = await stream_deltas(client, chat(stream_options={"include_usage": True}))
     assert joined(deltas, "content") == "bc"
     assert json.loads(events[-2][6:])["usage"]["thinking_tokens"] == 1
+
+
+async def test_streams_with_separate_thinking_carry_channels_and_the_level(up):
+    up.behaviour.pieces = [HARMONY[:45], HARMONY[45:120], HARMONY[120:]]
+    async with router_client(config(up)) as client:
+        deltas, events = await stream_deltas(client, chat(separate_thinking=True, reasoning="low"))
+        chunks = [json.loads(e[6:]) for e in events[:-1]]
+        assert chunks[0]["reasoning_level"] == "low"
+        assert not any("reasoning_level" in c for c in chunks[1:])
+        by_channel: dict[str, str] = {}
+        for delta in deltas:
+            for channel, text in (delta.get("channels") or {}).items():
+                by_channel[channel] = by_channel.get(channel, "") + text
+        assert by_channel == {"analysis": "User asks the capital.", "commentary": "Be accurate.",
+                              "final": "Washington"}
+        # A plain answer: its content is the final channel, and include_channels applies.
+        up.behaviour.pieces = ["Just ", "text"]
+        deltas, _ = await stream_deltas(client, chat(separate_thinking=True))
+        assert "".join(d.get("channels", {}).get("final", "") for d in deltas) == "Just text"
+        deltas, _ = await stream_deltas(client, chat(include_channels=["analysis"]))
+        assert joined(deltas, "content") == ""
