@@ -265,6 +265,14 @@ class UpstreamHTTPError(UpstreamError):
         elif status < 500:
             self.type = "invalid_request_error"
 
+    @property
+    def upstream_code(self) -> str | None:
+        """The ``code`` of the upstream's own OpenAI-shaped error, if it sent one."""
+        if self._upstream_envelope is None:
+            return None
+        code = self._upstream_envelope["error"].get("code")
+        return code if isinstance(code, str) else None
+
     def body(self) -> bytes:
         if self._upstream_envelope is not None:
             return self.raw_body

@@ -130,7 +130,7 @@ class AiohttpUpstreamResponse(UpstreamResponse):
         except aiohttp.ClientError as exc:
             if watchdog.expired:
                 raise UpstreamTimeout(f"the stream sent nothing for read_timeout_s = {timeout:g}s") from exc
-            raise UpstreamError(f"the backend connection failed mid-stream: {exc}") from exc
+            raise UpstreamError(f"the backend connection failed mid-stream: {describe_failure(exc)}") from exc
         finally:
             watchdog.stop()
         if watchdog.expired:  # closed by the watchdog between two reads: no error was raised
@@ -138,3 +138,15 @@ class AiohttpUpstreamResponse(UpstreamResponse):
 
     def close(self) -> None:
         self._response.close()
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A backend connection's failure in words for the client (aiohttp's own messages
+    carry misleading numbers, such as "TransferEncodingError: 400"; the log has them)."""
+    if isinstance(exc, UpstreamError):
+        return exc.message
+    if isinstance(exc, asyncio.TimeoutError):
+        return "it stopped sending"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the connection closed in the middle of the answer"
+    return "the connection failed"

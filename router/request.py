@@ -23,7 +23,7 @@ class ProxyRequest:
     __slots__ = (
         "endpoint", "body", "payload", "model", "target_model", "stream",
         "request_id", "headers", "started", "identity", "context", "response_headers", "_body_dirty",
-        "first_byte_at", "usage_raw", "error_code",
+        "first_byte_at", "usage_raw", "error_code", "attempts",
     )
 
     def __init__(self, endpoint: str, request_id: str, headers: Mapping[str, str],
@@ -47,6 +47,9 @@ class ProxyRequest:
         self.first_byte_at: float | None = None
         self.usage_raw = b""
         self.error_code: str | None = None
+        #: Each backend tried, in order: "name" for the one that answered, "name=code"
+        #: for one that failed (sent as X-Router-Attempts).
+        self.attempts: list[str] = []
         self.payload: dict[str, Any] = {}
         #: The model the client named ("" until parsed), and after global aliases.
         self.model = ""

@@ -54,6 +54,7 @@ class Behaviour:
     chunk_delay_s: float = 0.0      # between stream chunks
     chunks: int = 3                 # content chunks in a stream
     fail_status: int | None = None  # answer every completion with this status
+    fail_times: int | None = None   # ... only this many times, then answer normally (None: always)
     fail_body: bytes | None = None  # ... and this body (default: an OpenAI error)
     retry_after: str | None = None  # Retry-After header on failures
     hang: bool = False              # never answer
@@ -73,6 +74,11 @@ class Behaviour:
     usage_extra: dict[str, Any] = dataclasses.field(default_factory=dict)    # more usage fields
     pieces: list[str] | None = None  # a stream's delta.content pieces, one per event
     deltas: list[dict[str, Any]] | None = None  # ... or whole deltas, one per event
+    # Streams that fail in the ways stream failover must handle.
+    role_chunk: bool = False        # send a role-only chunk first (as vLLM does)
+    first_token_delay_s: float = 0.0  # after the role chunk, before the first content
+    error_event_after: int | None = None  # after this many events, an error event ends the stream
+    malformed_after: int | None = None    # after this many events, a malformed (non-JSON) event
 
 
 class FakeUpstream:
@@ -161,6 +167,11 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.abort()
             raise asyncio.CancelledError
+        if b.fail_status is not None and b.fail_times is not None:
+            if b.fail_times <= 0:
+                b.fail_status = b.fail_times = None
+            else:
+                b.fail_times -= 1
         if b.fail_status is not None:
             headers = {"Retry-After": b.retry_after} if b.retry_after else {}
             if b.fail_body is not None:
@@ -259,7 +270,19 @@ class FakeUpstream:
                 chunk = {"id": "cmpl-fake", "object": "text_completion", "created": created,
                          "model": body["model"], "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
             events.append(b"data: " + jsonlib.dumps(chunk) + b"\n\n")
-        if not b.omit_finish:
+        if b.role_chunk and chat:
+            role = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                    "model": body["model"], "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                         "finish_reason": None}]}
+            events.insert(0, b"data: " + jsonlib.dumps(role) + b"\n\n")
+            content_events += 1
+        if b.malformed_after is not None:
+            events.insert(b.malformed_after, b"data: not json\n\n")
+            content_events += 1
+        if b.error_event_after is not None:
+            error = {"error": {"message": "the engine failed", "type": "server_error", "code": "engine_error"}}
+            events[b.error_event_after:] = [b"data: " + jsonlib.dumps(error) + b"\n\n"]
+        if not b.omit_finish and b.error_event_after is None:
             final_choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
             if chat:
                 final_choice["delta"] = {}
@@ -275,7 +298,7 @@ class FakeUpstream:
                                    "total_tokens": 5 + content_events,
                                    **b.usage_extra}}
                 events.append(b"data: " + jsonlib.dumps(usage) + b"\n\n")
-        if not b.omit_done:
+        if not b.omit_done and b.error_event_after is None:
             events.append(b"data: [DONE]\n\n")
         if b.close_delimited:  # HTTP/1.0 style: the end of the body is the end of the connection
             assert request.transport is not None
@@ -295,7 +318,9 @@ class FakeUpstream:
                 chunk_data["sent_at"] = time.time()
                 event = b"data: " + jsonlib.dumps(chunk_data) + b"\n\n"
             await response.write(event)
-            if b.chunk_delay_s and i < content_events:
+            if i == 0 and b.role_chunk and b.first_token_delay_s:
+                await asyncio.sleep(b.first_token_delay_s)
+            elif b.chunk_delay_s and i < content_events:
                 await asyncio.sleep(b.chunk_delay_s)
         await response.write_eof()
         return response

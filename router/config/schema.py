@@ -106,6 +106,16 @@ class RoutingConfig:
     model_strategies: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Add ``_routing: {backend, model_type}`` to non-streamed answers (X-Router-Backend always says it).
     expose_routing_info: bool = False
+    # Streams that survive (docs/routing.md): a stream is sent to the client only once
+    # its first token arrives (or this many bytes are held; 0: at once).
+    commit_after_bytes: int = setting(16384, ge=0)
+    #: A backend that sends no token within this is abandoned before the client saw a
+    #: byte (per backend too; None: no limit but routing.timeout_s).
+    first_token_timeout_s: float | None = setting(None, gt=0)
+    #: A 429 (Retry-After up to max_retry_after_s), a 500 or a reset is retried this many
+    #: times on the same backend before failing over.
+    same_backend_retries: int = setting(1, ge=0)
+    max_retry_after_s: float = setting(5.0, ge=0)
 
 
 @dataclasses.dataclass
@@ -184,6 +194,11 @@ class BackendConfig:
     connect_timeout_s: float = setting(5.0, gt=0)
     first_byte_timeout_s: float = setting(300.0, gt=0)
     read_timeout_s: float = setting(120.0, gt=0)
+    #: No token within this: abandoned, the request moves on (default: routing's).
+    first_token_timeout_s: float | None = setting(None, gt=0)
+    #: The model's context length here, when the backend does not report it: a
+    #: context_length_exceeded fails over only to backends with more (or unknown).
+    context_length: int | None = setting(None, ge=1)
     headers: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     reasoning: ReasoningConfig = dataclasses.field(default_factory=ReasoningConfig)

@@ -13,11 +13,23 @@ import time
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_none
 
-from router.errors import ModelNotFound, NoBackendAvailable, Overloaded, RouterError, shown
+import aiohttp
+
+from router.errors import (
+    ModelNotFound,
+    NoBackendAvailable,
+    Overloaded,
+    RouterError,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamUnreachable,
+    shown,
+)
 from router.provider import UpstreamResponse
 from router.request import ProxyRequest
 from router.routing.backend import Backend, BackendView
 from router.state import RouterState
+from router.streams.commit import HeldStream, hold_first_content
 
 
 #: How long a request waits for half-open trials' verdicts when no backend is available.
@@ -28,7 +40,7 @@ class Exchange:
     """A response that has started (from a backend, or an early answer with no backend);
     ``finish`` must be called exactly once."""
 
-    __slots__ = ("backend", "response", "_done", "first_byte_at", "usage_raw")
+    __slots__ = ("backend", "response", "_done", "first_byte_at", "usage_raw", "held", "attempts")
 
     def __init__(self, backend: Backend | None, response: UpstreamResponse) -> None:
         self.backend = backend
@@ -39,6 +51,10 @@ class Exchange:
         #: The bytes that carry the answer's ``usage`` (a whole body, or the last stream
         #: chunk that mentions it), kept by reference and parsed only if someone asks.
         self.usage_raw = b""
+        #: A stream's first events, read before it was committed to the client.
+        self.held: HeldStream | None = None
+        #: The backends tried for it (``ProxyRequest.attempts``).
+        self.attempts: list[str] = []
 
     def finish(self, ok: bool | None) -> None:
         if not self._done:
@@ -100,6 +116,33 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
             if candidates:
                 return candidates
 
+    routing = state.config.routing
+    #: Only a context_length_exceeded narrows the candidates: to contexts above this.
+    context_floor: list[int | None] = []
+
+    def fits_context(b: BackendView) -> bool:
+        if not context_floor:
+            return True
+        known = _context_length(b, b.config.aliases.get(target, target))
+        return known is None or context_floor[0] is None or known > context_floor[0]
+
+    async def send(backend: Backend, served_model: str) -> UpstreamResponse:
+        """Send, retrying the same backend for what a second try usually cures (a 429 with
+        a short Retry-After, a 500, a reset), at most ``same_backend_retries`` times."""
+        left = routing.same_backend_retries
+        while True:
+            try:
+                return await backend.send(request.upstream(served_model))
+            except RouterError as exc:
+                wait = _same_backend_wait(exc, routing.max_retry_after_s)
+                if left <= 0 or wait is None:
+                    raise
+                left -= 1
+                stats.retries += 1
+                request.attempts.append(f"{backend.name}={exc.code or exc.status}")
+                if wait:
+                    await asyncio.sleep(wait)
+
     async def attempt_once() -> Exchange:
         nonlocal last_error, exhausted
         if tried:
@@ -108,6 +151,8 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         candidates = available(now)
         if not candidates and last_error is None:
             candidates = await wait_for_trials(now)
+        if context_floor:
+            candidates = [c for c in candidates if fits_context(c)]
         if candidates and hooks.has_filter_backends:
             candidates = list(await hooks.filter_backends(request, candidates))
         if not candidates:
@@ -121,15 +166,40 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         tried.add(backend.name)
         served_model = backend.config.aliases.get(request.target_model, request.target_model)
         try:
-            response = await backend.send(request.upstream(served_model))
+            response = await send(backend, served_model)
         except RouterError as exc:
             exc.backend = backend.name
             last_error = exc
+            request.attempts.append(f"{backend.name}={exc.code or exc.status}")
+            if _context_exceeded(exc) and not context_floor:
+                context_floor.append(_context_length(backend.view, served_model))
             raise
-        return Exchange(backend, response)
+        exchange = Exchange(backend, response)
+        if (request.stream and routing.commit_after_bytes and response.status == 200
+                and response.content_type == "text/event-stream"):
+            try:
+                exchange.held = await hold_first_content(
+                    response.iter_chunks(), backend=backend.name, limit_bytes=routing.commit_after_bytes,
+                    timeout_s=backend.config.first_token_timeout_s or routing.first_token_timeout_s)
+            except UpstreamError as exc:  # nothing reached the client: fail over
+                exchange.finish(ok=False)
+                backend.last_error = exc.message
+                exc.backend = backend.name
+                last_error = exc
+                request.attempts.append(f"{backend.name}={exc.code}")
+                raise
+            except BaseException:
+                exchange.finish(ok=None)
+                raise
+            exchange.first_byte_at = time.monotonic()
+        request.attempts.append(backend.name)
+        exchange.attempts = request.attempts
+        return exchange
 
     def retryable(exc: BaseException) -> bool:
-        return isinstance(exc, RouterError) and exc.retryable and not exhausted
+        if not isinstance(exc, RouterError) or exhausted:
+            return False
+        return exc.retryable or (_context_exceeded(exc) and bool(context_floor))
 
     # The first attempt runs without tenacity: building a retry controller costs more
     # than the rest of the routing, and most requests succeed at once. A retryable
@@ -151,6 +221,45 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         with attempt:
             return await attempt_once()
     raise AssertionError("unreachable")  # pragma: no cover - reraise=True always raises
+
+
+#: Keys of a model card that give its context length (vLLM, the gguf and gptq providers).
+_CONTEXT_KEYS = ("max_model_len", "context_length", "n_ctx")
+
+
+def _context_exceeded(exc: RouterError) -> bool:
+    """A 400 saying the prompt does not fit: another backend with a larger context may take it."""
+    return isinstance(exc, UpstreamHTTPError) and exc.status == 400 and exc.upstream_code == "context_length_exceeded"
+
+
+def _context_length(backend: BackendView, model: str) -> int | None:
+    """The model's context length on ``backend``: its ``context_length`` key, else what
+    its model card reports, else None (unknown)."""
+    if backend.config.context_length:
+        return backend.config.context_length
+    card = backend.models.get(model)
+    if card is not None:
+        for key in _CONTEXT_KEYS:
+            value = card.extra.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def _same_backend_wait(exc: RouterError, max_retry_after_s: float) -> float | None:
+    """Seconds to wait before trying the same backend again, or None to fail over: a 429
+    with a short Retry-After, a 500, a connection reset."""
+    if isinstance(exc, UpstreamHTTPError):
+        if exc.status == 429 and exc.retry_after is not None and exc.retry_after <= max_retry_after_s:
+            return exc.retry_after
+        return 0.0 if exc.status == 500 else None
+    if isinstance(exc, UpstreamUnreachable) and isinstance(
+            exc.__cause__, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
+        return 0.0
+    if isinstance(exc, UpstreamUnreachable) and isinstance(exc.__cause__, aiohttp.ClientOSError) \
+            and exc.__cause__.errno == 104:  # ECONNRESET
+        return 0.0
+    return None
 
 
 def _warm_first(candidates: list[BackendView], model: str) -> list[BackendView]:

@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from router.errors import RouterError, StreamIncomplete, UpstreamError, UpstreamTimeout
+from router.http_upstream import describe_failure
 from router.routing.dispatch import Exchange
 from router.streams.sse import SSESplitter
 from router.streams.transform import TransformChain
@@ -30,7 +31,7 @@ _HOP_HEADERS = frozenset(
     for h in (
         "Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Content-Encoding",
         "Content-Type", "Server", "Date", "Upgrade", "Proxy-Authenticate", "Trailer", "TE",
-        "X-Router-Backend", "X-Request-ID",
+        "X-Router-Backend", "X-Router-Attempts", "X-Request-ID",
     )
 )
 
@@ -50,6 +51,7 @@ def response_headers(exchange: Exchange, request_id: str, extra: dict[str, str] 
     }
     if exchange.backend is not None:
         headers["X-Router-Backend"] = exchange.backend.name
+        headers["X-Router-Attempts"] = ", ".join(exchange.attempts)
     if extra:  # a plugin's (ProxyRequest.response_headers)
         headers.update(extra)
     headers["X-Request-ID"] = request_id
@@ -99,18 +101,22 @@ async def relay_stream(
     transform_failed = False
     try:
         await out.prepare(http_request)
-        chunks = response.iter_chunks()
+        held = exchange.held
+        chunks = held.chunks if held is not None else response.iter_chunks()
+        # What was read before the commit (router.streams.commit) goes first, as it came.
+        backlog = held.held if held is not None else []
         while True:
             try:
-                chunk = await chunks.__anext__()
+                chunk = backlog.pop(0) if backlog else await chunks.__anext__()
             except StopAsyncIteration:
                 break
             except _UPSTREAM_FAILURES as exc:
                 ok = False
                 error = as_router_error(exc)
                 log.warning(
-                    "stream from %s failed mid-way (request %s): %s",
+                    "stream from %s failed mid-way (request %s): %s (%r)",
                     exchange.backend.name if exchange.backend else "an early answer", request_id, error.message,
+                    exc.__cause__ or exc,
                 )
                 await out.write(_error_event(error, at_boundary))
                 break
@@ -186,4 +192,4 @@ def as_router_error(exc: BaseException) -> RouterError:
         return exc
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout("the backend stopped sending (read timeout)")
-    return UpstreamError(f"the backend connection failed mid-response: {exc or type(exc).__name__}")
+    return UpstreamError(f"the backend connection failed mid-response: {describe_failure(exc)}")

@@ -101,6 +101,11 @@ class SSESplitter:
         event.raw = rest + (b"" if rest.endswith((b"\n", b"\r")) else b"\n") + b"\n"
         return [event]
 
+    def take_rest(self) -> bytes:
+        """The bytes of an event not complete yet, handed back as they are (and forgotten)."""
+        rest, self._buffer = self._buffer, b""
+        return rest
+
     @property
     def pending(self) -> int:
         """Bytes held back waiting for the rest of an event."""
