@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from router import Provider, Route, RouterView, hookimpl
+from router import Command, Provider, Route, RouterView, hookimpl
 
 
 @hookimpl
@@ -27,3 +27,10 @@ def register_routes(register: Callable[[Route], None], router: RouterView) -> No
 
     for route in ManagementAPI(router).routes():
         register(route)
+
+
+@hookimpl
+def register_commands(register: Callable[[Command], None]) -> None:
+    from plugins.dynamic.pull import COMMAND
+
+    register(COMMAND)

@@ -102,7 +102,7 @@ class DynamicProvider(Provider):
         store = (self.config.path(self.options.downloads_store) if self.options.downloads_store
                  else self.root / ".downloads" / "jobs.db")
         store.parent.mkdir(parents=True, exist_ok=True)
-        downloads = Downloads(self.root, store, logger=log)
+        downloads = Downloads(self.root, store, path_prefix=self.options.path_prefix, logger=log)
         await downloads.start()
         self.downloads = downloads
 
