@@ -40,10 +40,13 @@ def prepare_request(request: ProxyRequest, router: RouterView) -> None:
 
 @hookimpl
 def transform_response(request: ProxyRequest, backend: BackendView | None, status: int,
-                       content_type: str) -> ResponseTransform | None:
+                       content_type: str, router: RouterView) -> ResponseTransform | None:
     if request.endpoint != "chat/completions" or status != 200:
         return None
     options: ReasoningOptions | None = request.context.get(CONTEXT_KEY)
+    if backend is None and request.response_headers:  # an early answer that names its backend (a cache hit)
+        name = request.response_headers.get("X-Router-Backend")
+        backend = router.backends.get(name) if name else None
     fmt = format_for(backend, request.target_model)
     if fmt.parser == "none" and options is None:
         return None  # the zero-copy path

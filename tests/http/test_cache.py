@@ -135,6 +135,18 @@ async def test_a_hit_gets_this_requests_reasoning_fields(up):
     assert len(up.requests) == 1
 
 
+async def test_a_hit_is_transformed_as_its_backend_says(up):
+    up.behaviour.content = "<think>raw</think>kept"
+    cfg = config(up)
+    cfg["backends"][0]["reasoning"] = {"parser": "none"}
+    async with router_client(cfg) as client:
+        for verdict in ("miss", "hit"):
+            resp = await client.post("/v1/chat/completions", json=CHAT)
+            assert resp.headers["X-Router-Cache"] == verdict
+            message = (await resp.json())["choices"][0]["message"]
+            assert message == {"role": "assistant", "content": "<think>raw</think>kept"}
+
+
 async def test_cache_off_by_default(up):
     async with router_client({"backends": [{"name": "alpha", "provider": "openai_compatible",
                                             "base_url": up.url}]}) as client:
