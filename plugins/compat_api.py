@@ -175,7 +175,8 @@ def list_llms(router: RouterView) -> Callable[[web.Request], Awaitable[web.Respo
         allowed = router.config.generation.allowed_models
         models = []
         for model_id, card, backends in router.models():
-            if allowed != ["*"] and not any(fnmatch.fnmatchcase(model_id, g) for g in allowed):
+            names = (model_id, router.resolve(model_id))
+            if allowed != ["*"] and not any(fnmatch.fnmatchcase(n, g) for n in names for g in allowed):
                 continue
             entry: dict[str, Any] = {"id": model_id, "backends": backends}
             if card is not None and "loaded" in card.extra:

@@ -31,14 +31,16 @@ def prepare_request(request: ProxyRequest, router: RouterView) -> None:
     generation = router.config.generation
     if generation.allowed_models != ["*"]:
         check_allowed(request, router)
-    if request.endpoint not in SAMPLED:
-        return
+    defaults = generation.defaults
+    if request.endpoint not in SAMPLED or (
+            not generation.models and generation.max_tokens_limit is None and defaults.temperature is None
+            and defaults.top_p is None and defaults.max_tokens is None):
+        return  # nothing to apply (the common case): a few attribute reads
     model_config = None
     if generation.models:
         names = (request.model, router.resolve(request.model))
         model_config = next((c for glob, c in generation.models.items()
                              if any(fnmatch.fnmatchcase(n, glob) for n in names)), None)
-    defaults = generation.defaults
     changes: dict[str, Any] = {}
     payload = request.payload
     for name in ("temperature", "top_p", "max_tokens"):

@@ -151,3 +151,11 @@ async def test_api_unknown_model_and_limits_go_through_the_same_hooks(pair):
         assert resp.status == 200 and a.requests[-1]["temperature"] == 0.5
         resp = await client.post("/api/generate", data=b"{not json")
         assert resp.status == 400 and "not valid JSON" in (await resp.json())["error"]["message"]
+
+
+async def test_api_llms_lists_only_allowed_models(pair):
+    a, _ = pair
+    a.models = ["tiny", "hidden"]
+    async with router_client(config(a, generation={"allowed_models": ["tiny"]}, aliases={"t": "tiny"})) as client:
+        models = [m["id"] for m in (await (await client.get("/api/llms")).json())["models"]]
+    assert sorted(models) == ["t", "tiny"]
