@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.generation",
     "plugins.reasoning",
     "plugins.routing_info",
+    "plugins.dashboard",
     "plugins.compat_api",
 )
 

@@ -59,8 +59,8 @@ KEY_PREFIX = "sk-prx-"
 #: How often ``last_used`` and request counts are written to the store.
 FLUSH_INTERVAL_S = 5.0
 #: Paths that never need a client key: health, the admin API (it has its own key),
-#: metrics, the API description and its UI.
-PUBLIC_PATHS = ("/health", "/metrics", "/status", "/admin/", "/openapi.json", "/docs", "/swagger-ui")
+#: metrics, the API description and its UI, the dashboard's files (its API takes the admin key).
+PUBLIC_PATHS = ("/health", "/metrics", "/status", "/admin/", "/openapi.json", "/docs", "/swagger-ui", "/ui")
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
