@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -132,6 +133,13 @@ def test_sign_in_with_the_admin_key(page: Page, start_router: Callable[..., Rout
     page.goto(router.url + "/ui/keys")
     expect(page.get_by_role("heading", name="Client keys", level=1)).to_be_visible()
     expect(page.get_by_role("link", name="Keys")).to_have_attribute("aria-current", "page")
+    # Every page fits a phone's width (wide tables scroll inside their own box).
+    page.set_viewport_size(PHONE)
+    for name in ("overview", "models", "downloads", "keys", "settings", "playground"):
+        page.get_by_role("link", name=name.capitalize()).click()
+        expect(page.get_by_role("link", name=name.capitalize())).to_have_attribute("aria-current", "page")
+        expect(page.locator(f'section[data-view="{name}"] h1')).to_be_focused()  # focus follows the page
+        assert fits_width(page), name
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_label("Admin key")).to_be_focused()
 
@@ -139,7 +147,7 @@ def test_sign_in_with_the_admin_key(page: Page, start_router: Callable[..., Rout
 def test_overview_shows_a_backend_going_unhealthy(page: Page, bg: BackgroundLoop,
                                                   start_router: Callable[..., RouterServer],
                                                   upstreams: Callable[..., FakeUpstream], shots: Path) -> None:
-    alpha, beta = upstreams("alpha", models=["shared"]), upstreams("beta", models=["shared"])
+    alpha, beta = upstreams("alpha", models=["shared", "alpha-only"]), upstreams("beta", models=["shared"])
     router = start_router(ui_config(remote("alpha", alpha), remote("beta", beta)))
     for _ in range(20):
         assert chat(router, "shared")[0] == 200
@@ -152,12 +160,21 @@ def test_overview_shows_a_backend_going_unhealthy(page: Page, bg: BackgroundLoop
     expect(alpha_row.locator('[data-field="p95"]')).to_contain_text("ms")
     expect(alpha_row.locator('[data-field="ewma"]')).to_contain_text("ms")
     expect(page.locator("#totals")).to_contain_text("20")
-    expect(page.locator("#chart")).to_have_attribute("aria-label", "Requests and errors per second over the last minutes: 0 requests/s and 0 errors/s now")
+    expect(page.locator("#chart")).to_have_attribute("aria-label", re.compile(r"requests/s and .* errors/s now"))
+    # The chart's series: the 20 requests, spread over the sampled seconds.
+    _, extra = get(router, "/ui/api/overview", ADMIN)
+    series = extra["series"]
+    times = [extra["series"]["t"][0] - 1.0, *series["t"]]
+    counted = sum(rate * (times[i + 1] - times[i]) for i, rate in enumerate(series["requests"]))
+    assert abs(counted - 20) < 0.5 and max(series["requests"]) > 0
 
     bg.run(alpha.kill())
     expect(alpha_row.locator('[data-field="health"]')).to_have_text("unhealthy")
     expect(beta_row.locator('[data-field="health"]')).to_have_text("healthy")
     expect(alpha_row.locator('[data-field="last_error"]')).not_to_be_empty()
+    for _ in range(3):  # only alpha served it: errors now, counted in the totals
+        assert chat(router, "alpha-only")[0] >= 500
+    expect(page.locator("#totals dd").nth(1)).to_have_text("3")
     page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     page.set_viewport_size(PHONE)
