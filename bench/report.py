@@ -44,6 +44,11 @@ def ratios(results: dict[str, dict[str, Any]], concurrency: list[int]) -> dict[s
         if peer:
             entry["router_over_litellm_rps"] = router["rps"] / peer["rps"] if peer["rps"] else None
             entry["litellm_added_p50_ms"] = peer["p50_ms"] - direct["p50_ms"]
+        keyed = by_target.get("router-keys")
+        if keyed:  # a client key with rpm/tpm limits vs the open router, same run
+            entry["keys_over_router_rps"] = keyed["rps"] / router["rps"] if router["rps"] else None
+            entry["keys_added_p50_ms"] = keyed["p50_ms"] - router["p50_ms"]
+            entry["keys_added_p99_ms"] = keyed["p99_ms"] - router["p99_ms"]
         if "ttfc_p50_ms" in router:
             entry["router_added_ttfc_p50_ms"] = router["ttfc_p50_ms"] - direct["ttfc_p50_ms"]
             entry["router_added_ttfc_p99_ms"] = router["ttfc_p99_ms"] - direct["ttfc_p99_ms"]
@@ -137,6 +142,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{fmt(r.get('router_over_litellm_rps'), 1)} | {fmt(r.get('router_added_p50_ms'))} | "
             f"{fmt(r.get('router_added_p99_ms'))} | {fmt(r.get('passthrough_added_p50_ms'))} | "
             f"{fmt(r.get('router_added_ttfc_p50_ms'))} |")
+    keyed = {name: r for name, r in report["ratios"].items() if "keys_over_router_rps" in r}
+    if keyed:
+        lines += ["", "**Client keys** (a key with rpm/tpm limits vs the open router, same run)", "",
+                  "| scenario | keyed/open req/s | keyed added p50 ms | keyed added p99 ms |", "|---|---:|---:|---:|"]
+        for name, r in keyed.items():
+            lines.append(f"| {name} | {fmt(r.get('keys_over_router_rps'))} | {fmt(r.get('keys_added_p50_ms'))} | "
+                         f"{fmt(r.get('keys_added_p99_ms'))} |")
     rss = report.get("rss")
     if rss:
         lines += ["", f"**Memory**: router RSS {fmt(rss['rss_start_mib'], 1)} MiB before, "

@@ -5,6 +5,8 @@ In the same run and in alternation, it measures the same load against:
 * ``direct``       the cheap upstream itself (``bench.upstream``),
 * ``passthrough``  a minimal aiohttp pass-through proxy (``bench.passthrough``): the floor,
 * ``router``       the router, started as users start it (``python -m router serve``),
+* ``router-keys``  the same router with a client key and rpm/tpm limits (docs/operations.md):
+                   every request authenticated, admitted, its tokens counted from usage,
 * ``litellm``      LiteLLM's proxy, if installed (see ``--litellm``): the peer.
 
 Each scenario (streaming or not, at each concurrency) runs ``--rounds`` rounds; every
@@ -43,9 +45,10 @@ from router.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-TARGET_ORDER = ("direct", "passthrough", "router", "litellm")
+TARGET_ORDER = ("direct", "passthrough", "router", "router-keys", "litellm")
 RSS_BATCH = 10_000
 LITELLM_KEY = "sk-bench-0123456789abcdef"  # LiteLLM's proxy refuses to start without one
+ROUTER_KEY = "sk-prx-bench-0123456789abcdef"  # router-keys: limits far above what the load reaches
 
 
 def scenario_name(stream: bool, concurrency: int) -> str:
@@ -231,6 +234,18 @@ def main(argv: list[str] | None = None) -> int:
                          f"http://127.0.0.1:{port}/health/ready", workdir, proxy_cpus)
             procs.append(proc)
             targets.append(Target("router", f"http://127.0.0.1:{port}", proc))
+        if "router-keys" in args.targets:
+            port = free_port()
+            config = workdir / "router-keys.yaml"
+            config.write_text(
+                "server:\n  host: 127.0.0.1\n  port: %d\n"
+                "auth:\n  keys:\n    - {name: bench, key: %s, rpm: 1000000000, tpm: 1000000000000}\n"
+                "backends:\n  - name: bench\n    provider: openai_compatible\n"
+                "    base_url: %s\n    models: [\"bench-model\"]\n" % (port, ROUTER_KEY, up_url))
+            proc = start("router-keys", [sys.executable, "-m", "router", "serve", "--config", str(config)],
+                         f"http://127.0.0.1:{port}/health/ready", workdir, proxy_cpus)
+            procs.append(proc)
+            targets.append(Target("router-keys", f"http://127.0.0.1:{port}", proc, auth=ROUTER_KEY))
         if "litellm" in args.targets:
             executable = find_litellm(args.litellm)
             if executable is None:

@@ -75,20 +75,47 @@ class RequestMetrics:
                                     ["key"], registry=r)
         self.in_flight = Gauge("router_requests_in_flight", "Client requests being answered now.", registry=r)
 
+        # The labelled children, cached per (model, backend, status, key): one dict lookup
+        # per request instead of a labels() call per series.
+        self._children: dict[tuple[str, str, int, str], tuple[Any, ...]] = {}
+        self._token_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+
+    def _for(self, model: str, backend: str, status: int, key: str) -> tuple[Any, ...]:
+        children = self._children.get((model, backend, status, key))
+        if children is None:
+            code = str(status)
+            children = (self.duration.labels(model, backend, code, key), self.requests.labels(model, backend, code, key),
+                        self.ttft.labels(model, backend, key))
+            if len(self._children) < 10_000:  # client-chosen model names: bound the cache, not the series
+                self._children[(model, backend, status, key)] = children
+        return children
+
+    def _tokens(self, model: str, backend: str, key: str) -> tuple[Any, ...]:
+        children = self._token_children.get((model, backend, key))
+        if children is None:
+            children = tuple(series.labels(model, backend, key, kind) for kind in ("input", "output")
+                             for series in (self.token_usage, self.tokens))
+            if len(self._token_children) < 10_000:
+                self._token_children[(model, backend, key)] = children
+        return children
+
     def record(self, request: ProxyRequest, backend: str, status: int, elapsed_s: float, key: str,
                usage: dict[str, int] | None) -> None:
         model = request.model
-        code = str(status)
-        self.duration.labels(model, backend, code, key).observe(elapsed_s)
-        self.requests.labels(model, backend, code, key).inc()
+        duration, requests, ttft = self._for(model, backend, status, key)
+        duration.observe(elapsed_s)
+        requests.inc()
         if request.stream and request.first_byte_at is not None and status < 400:
-            self.ttft.labels(model, backend, key).observe(request.first_byte_at - request.started)
+            ttft.observe(request.first_byte_at - request.started)
         if usage:
-            for token_type, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-                count = usage.get(field)
-                if count is not None:
-                    self.token_usage.labels(model, backend, key, token_type).observe(count)
-                    self.tokens.labels(model, backend, key, token_type).inc(count)
+            usage_in, tokens_in, usage_out, tokens_out = self._tokens(model, backend, key)
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if prompt is not None:
+                usage_in.observe(prompt)
+                tokens_in.inc(prompt)
+            if completion is not None:
+                usage_out.observe(completion)
+                tokens_out.inc(completion)
         if request.error_code == "rate_limit_exceeded":
             self.rate_limited.labels(key).inc()
 
@@ -202,10 +229,15 @@ class Telemetry:
     def finished(self, request: ProxyRequest, backend: Backend | None, status: int, elapsed_s: float) -> None:
         metrics = self.metrics
         logging_on = log.isEnabledFor(logging.INFO)
-        if metrics is None and not logging_on and self.tracing is None:
+        identity = request.identity if isinstance(request.identity, Identity) else None
+        if metrics is None and not logging_on and self.tracing is None and identity is None:
             return
         key = key_name(request)
-        usage = request.usage() if status < 400 else None
+        wanted = metrics is not None or logging_on or self.tracing is not None or (
+            identity is not None and identity.wants_usage)
+        usage = request.usage() if status < 400 and wanted else None
+        if identity is not None:
+            identity.answered(status, usage)
         backend_name = backend.name if backend is not None else None
         if metrics is not None:
             metrics.in_flight.dec()
@@ -228,7 +260,19 @@ class Telemetry:
                 raw = request.usage_raw
                 if raw and not request.stream:
                     fields["response_body"] = raw.decode("utf-8", "replace")
-            log.info("%s", _pretty(fields), extra={"fields": fields})
+            log.info("%s", _Pretty(fields), extra={"fields": fields})
+
+
+class _Pretty:
+    """The pretty line, formatted only if a handler writes it as text (not for json)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return _pretty(self.fields)
 
 
 def _pretty(fields: dict[str, Any]) -> str:

@@ -5,8 +5,10 @@ A missing or wrong key is a 401 (``invalid_api_key``), a model the key may not u
 (``model_not_allowed``; ``/v1/models`` lists only the key's models), and a key over its
 ``rpm`` or ``tpm`` a 429 (``rate_limit_exceeded``, with ``Retry-After``). Every answer to a
 key with limits carries OpenAI's ``x-ratelimit-*`` headers. Tokens are counted from the
-answer's ``usage``; for a stream that did not ask for it, the plugin asks the backend for
-the usage chunk (``stream_options.include_usage``) and keeps that chunk from the client.
+answer's ``usage``, which the router reads from the bytes it relays (``Identity.answered``),
+so counting keeps the zero-copy relay; only for a stream that did not ask for usage does
+the plugin ask the backend for the usage chunk (``stream_options.include_usage``) and keep
+that chunk from the client (a response transform, for those streams only).
 
 Keys are declared in the config (``auth.keys``) or made through ``POST /admin/keys``
 (shown once; only their SHA-256 digest is stored, in ``auth.store``). With no ``auth``
@@ -137,6 +139,14 @@ class KeyIdentity(Identity):
         self.record = record
         self.name = record.name
         self.strip_usage = False
+        self.wants_usage = record.tokens_bucket is not None
+
+    def answered(self, status: int, usage: Mapping[str, int] | None) -> None:
+        if usage:
+            total = usage.get("total_tokens")
+            if not isinstance(total, int):
+                total = sum(usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens"))
+            self.record.charge(total)
 
     def allows_model(self, model: str) -> bool:
         return self.record.allows(model)
@@ -263,30 +273,9 @@ def _presented_key(request: web.Request) -> str | None:
     return api_key.strip() if api_key and api_key.strip() else None
 
 
-class UsageMeter(ResponseTransform):
-    """Reads the answer's ``usage`` and charges its tokens to the key; drops the usage
-    chunk of a stream when it was the plugin, not the client, that asked for it."""
-
-    def __init__(self, identity: KeyIdentity) -> None:
-        self.identity = identity
-        self.charged = False
-
-    def _charge(self, data: Any) -> None:
-        usage = data.get("usage") if isinstance(data, dict) else None
-        if not isinstance(usage, dict) or self.charged:
-            return
-        total = usage.get("total_tokens")
-        if not isinstance(total, int):
-            total = sum(v for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
-                        if isinstance(v := usage.get(k), int))
-        self.charged = True
-        self.identity.record.charge(total)
-
-    def body(self, body: bytes, content_type: str) -> bytes:
-        if b'"usage"' in body:
-            with contextlib.suppress(ValueError):
-                self._charge(jsonlib.loads(body))
-        return body
+class UsageStripper(ResponseTransform):
+    """Keeps from the client the usage chunk it did not ask for (the plugin asked the
+    backend for it, to count the stream's tokens)."""
 
     def event(self, event: SSEEvent) -> Iterable[SSEEvent]:
         if event.is_done or b'"usage"' not in event.data:
@@ -295,10 +284,12 @@ class UsageMeter(ResponseTransform):
             data = jsonlib.loads(event.data)
         except ValueError:
             return (event,)
-        self._charge(data)
-        if self.identity.strip_usage and isinstance(data, dict) and data.get("choices") == []:
+        if isinstance(data, dict) and data.get("choices") == []:
             return ()
         return (event,)
+
+
+STRIPPER = UsageStripper()
 
 
 # -- hooks ------------------------------------------------------------------------------------
@@ -359,8 +350,8 @@ def prepare_request(request: ProxyRequest) -> None:
 @hookimpl
 def transform_response(request: ProxyRequest, status: int) -> ResponseTransform | None:
     identity = request.identity
-    if isinstance(identity, KeyIdentity) and identity.record.tokens_bucket is not None and status < 400:
-        return UsageMeter(identity)
+    if isinstance(identity, KeyIdentity) and identity.strip_usage and status < 400:
+        return STRIPPER
     return None
 
 

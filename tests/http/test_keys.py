@@ -116,7 +116,8 @@ async def test_tpm_counts_tokens_from_usage_streams_included(upstream):
         resp = await client.post("/v1/chat/completions", headers=bearer(KEY_A), json={
             **CHAT, "stream": True, "stream_options": {"include_usage": True}})
         assert '"usage"' in (await resp.read()).decode()
-        # 16 of 20 tokens are spent: a whole answer (9 tokens) is admitted and counted...
+        # 16 of 20 tokens are spent: a whole answer (9 tokens) is admitted and counted before
+        # its headers go out...
         resp = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(KEY_A))
         assert resp.status == 200
         assert int(resp.headers["x-ratelimit-remaining-tokens"]) == 0
