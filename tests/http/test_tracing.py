@@ -101,3 +101,22 @@ async def test_a_span_per_request_with_gen_ai_attributes(monkeypatch):
     assert missing["attributes"]["error.type"] == "model_not_found"
     assert not [s for s in receiver.spans if s["parent"] == missing["span_id"]]  # no backend was tried
     assert KEY not in repr(receiver.spans)
+
+
+async def test_failed_backend_attempts_are_child_spans(monkeypatch):
+    receiver = await Receiver().start()
+    good = await FakeUpstream("good").start()
+    bad = await FakeUpstream("bad").start()
+    bad.behaviour.fail_status = 503
+    try:
+        await run_router(receiver, monkeypatch, [bad, good], [CHAT, CHAT], roots=2)
+    finally:
+        await receiver.stop()
+        await good.stop()
+        await bad.stop()
+    roots = [s for s in receiver.spans if not s["parent"]]
+    assert [s["attributes"]["router.backend"] for s in roots] == ["good", "good"]
+    # Round robin sent requests to the failing backend first: their attempt spans say so.
+    failed = [s for s in receiver.spans if s["parent"] and s["attributes"].get("error.type")]
+    assert failed and {s["attributes"]["router.backend"] for s in failed} == {"bad"}
+    assert all(s["status"] == 2 for s in failed)  # STATUS_CODE_ERROR
