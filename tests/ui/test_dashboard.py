@@ -2,9 +2,9 @@
 Playwright, against the router in-process on 127.0.0.1 with fake upstreams (and the cmd
 engine of the dynamic tests, and the fake Hugging Face hub for downloads).
 
-Each test saves a screenshot of the page it drives in a temporary folder (printed at the
-end of the session); ``UI_SCREENSHOTS=docs/ui`` writes them there instead (the ones the
-README shows). Waits are Playwright's bounded ``expect`` polls, never sleeps.
+Each test saves a screenshot of the page it drives in pytest's temporary folder
+(``ui-screenshots0`` under ``--basetemp``, pytest's default otherwise);
+``UI_SCREENSHOTS=docs/ui`` writes them there instead (the ones the README shows). Waits are Playwright's bounded ``expect`` polls, never sleeps.
 """
 
 from __future__ import annotations
