@@ -65,6 +65,9 @@ class RouterCollector:
             "circuit_open": GaugeMetricFamily(
                 "router_backend_circuit_open", "1 if the circuit is open or half-open.", labels=["backend"]
             ),
+            "models": GaugeMetricFamily(
+                "router_backend_models", "Models a backend serves now (loaded or listed).", labels=["backend"]
+            ),
             "latency": GaugeMetricFamily(
                 "router_backend_latency_ewma_seconds", "EWMA of time to first byte.", labels=["backend"]
             ),
@@ -77,6 +80,7 @@ class RouterCollector:
             per_backend["queued"].add_metric(label, backend.limit.waiting if backend.limit else 0)
             per_backend["healthy"].add_metric(label, 1.0 if backend.healthy else 0.0)
             per_backend["circuit_open"].add_metric(label, 0.0 if backend.circuit.state.value == "closed" else 1.0)
+            per_backend["models"].add_metric(label, len(backend.models))
             if backend.ewma_ttfb_s is not None:
                 per_backend["latency"].add_metric(label, backend.ewma_ttfb_s)
         yield from per_backend.values()

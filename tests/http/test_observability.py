@@ -61,6 +61,7 @@ async def test_metrics_by_model_backend_status_and_key_with_tokens_and_ttft():
     assert value(found, "gen_ai_client_token_usage_sum", token_type="output", **ok) == 7
     assert value(found, "router_requests_in_flight") == 0
     assert value(found, "router_backend_in_flight", backend="a") == 0  # the older series are still there
+    assert value(found, "router_backend_models", backend="a") == 1  # FakeUpstream serves test-model
     assert KEY not in text
     # Every series docs/operations.md lists is served.
     import re
@@ -70,7 +71,7 @@ async def test_metrics_by_model_backend_status_and_key_with_tokens_and_ttft():
                                 (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()))
     served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     served |= {re.sub(r"_(bucket|count|sum)$", "", name) for name in served}
-    assert len(documented) >= 17 and documented <= served, documented - served
+    assert len(documented) >= 18 and documented <= served, documented - served
 
 
 def request_lines(proc: RouterProcess) -> list[dict[str, Any]]:
