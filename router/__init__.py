@@ -25,6 +25,7 @@ from router.errors import (
     Conflict,
     ContextLengthExceeded,
     EngineError,
+    Forbidden,
     InvalidRequest,
     MethodNotAllowed,
     ModelLoadFailed,
@@ -75,7 +76,7 @@ __all__ = [
     "Strategy", "BackendView", "RouterView", "Identity",
     # the error tree
     "RouterError", "InvalidRequest", "ContextLengthExceeded", "PayloadTooLarge",
-    "MethodNotAllowed", "Conflict", "AuthenticationFailed", "ModelNotAllowed", "RateLimited",
+    "MethodNotAllowed", "Conflict", "AuthenticationFailed", "Forbidden", "ModelNotAllowed", "RateLimited",
     "NotFound", "ModelNotFound",
     "Overloaded", "NoBackendAvailable", "EngineError", "UpstreamError", "UpstreamUnreachable",
     "UpstreamTimeout", "UpstreamHTTPError", "ModelLoadFailed", "WorkerCrashed",

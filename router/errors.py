@@ -8,7 +8,8 @@
     │   ├── MethodNotAllowed         405
     │   └── Conflict                 409  e.g. a backend name that exists already
     ├── AuthenticationFailed         401  invalid_api_key: a missing, wrong or revoked key
-    ├── ModelNotAllowed              403  model_not_allowed: the key may not use this model
+    ├── Forbidden                    403  forbidden (e.g. a CORS preflight from another origin)
+    │   └── ModelNotAllowed          403  model_not_allowed: the key may not use this model
     ├── RateLimited                  429  rate_limit_exceeded: the key's rpm/tpm (never retried)
     ├── NotFound                     404  no such endpoint (or admin API off)
     │   └── ModelNotFound            404  model_not_found, lists what is available
@@ -147,9 +148,13 @@ class AuthenticationFailed(RouterError):
     code = "invalid_api_key"
 
 
-class ModelNotAllowed(RouterError):
+class Forbidden(RouterError):
     status = 403
     type = "invalid_request_error"
+    code = "forbidden"
+
+
+class ModelNotAllowed(Forbidden):
     code = "model_not_allowed"
 
 

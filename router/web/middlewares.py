@@ -12,7 +12,7 @@ from aiohttp import web
 
 from router import jsonlib
 from router.identity import Identity
-from router.errors import MethodNotAllowed, NotFound, PayloadTooLarge, RouterError
+from router.errors import Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge, RouterError
 from router.state import RouterState
 from router.web.routes import Handler
 
@@ -79,6 +79,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             f"method {request.method} is not allowed on {request.path} "
             f"(use {', '.join(sorted(exc.allowed_methods))})"
         )
+        return error_response(error, request_id_of(request))
+    except web.HTTPForbidden as exc:  # e.g. a CORS preflight from an origin not allowed
+        error = Forbidden((exc.text or "forbidden").strip())
         return error_response(error, request_id_of(request))
     except web.HTTPException:
         raise

@@ -123,6 +123,8 @@ async def test_cors_preflight_needs_no_key_and_origins_are_checked():
             assert "AUTHORIZATION" in resp.headers["Access-Control-Allow-Headers"].upper()
             resp = await client.options("/v1/chat/completions", headers=preflight("http://evil.example"))
             assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+            error = (await resp.json())["error"]  # in OpenAI's envelope, saying why
+            assert error["code"] == "forbidden" and "http://evil.example" in error["message"]
             # The answer itself, a stream, carries the origin and exposes the rate-limit headers.
             resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True},
                                      headers={"Origin": "http://app.example", "Authorization": f"Bearer {KEY}"})
