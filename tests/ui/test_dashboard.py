@@ -23,8 +23,7 @@ import pytest
 
 from router.testing import BackgroundLoop, FakeUpstream, RouterServer
 
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright")
-from playwright.sync_api import Browser, Page, ViewportSize, expect  # noqa: E402
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright  # the test extra
 
 pytestmark = pytest.mark.ui
 
@@ -49,7 +48,7 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
-    with playwright_sync.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
         yield browser
         browser.close()
