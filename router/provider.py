@@ -120,6 +120,8 @@ class Provider(abc.ABC):
     #: Whether a model may be cold (not loaded) here: then ``is_warm`` is asked, and a
     #: request goes to a backend where its model is warm when one is.
     loads_on_demand: ClassVar[bool] = False
+    #: Whether it continues a trailing assistant message by default (``continuation``).
+    continues_prefill: ClassVar[bool] = False
     #: Common backend keys this provider cannot work without (e.g. ``base_url``).
     required_keys: ClassVar[tuple[str, ...]] = ()
 

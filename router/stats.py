@@ -7,7 +7,7 @@ import collections
 
 
 class Stats:
-    __slots__ = ("requests", "retries", "errors", "responses_by_status")
+    __slots__ = ("requests", "retries", "errors", "continuations", "responses_by_status")
 
     def __init__(self) -> None:
         #: Client requests received on the OpenAI endpoints.
@@ -16,6 +16,8 @@ class Stats:
         self.retries = 0
         #: Requests that ended with a status >= 400.
         self.errors = 0
+        #: Streams broken mid-answer and continued on another backend.
+        self.continuations = 0
         self.responses_by_status: collections.Counter[int] = collections.Counter()
 
     def finished(self, status: int) -> None:

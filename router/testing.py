@@ -253,6 +253,10 @@ class FakeUpstream:
         events: list[bytes] = []
         deltas = b.deltas
         pieces = b.pieces if b.pieces is not None else [f"tok{i} " + "x" * b.chunk_pad for i in range(b.chunks)]
+        messages = body.get("messages") or []
+        if chat and b.pieces is not None and messages and isinstance(messages[-1], dict) \
+                and messages[-1].get("role") == "assistant":
+            pieces = _continued(pieces, str(messages[-1].get("content") or ""))  # a prefill: go on from it
         content_events = len(deltas) if deltas is not None else len(pieces)
         for i in range(content_events):
             piece = pieces[i] if deltas is None else str(deltas[i].get("content") or "")
@@ -543,3 +547,19 @@ async def running_upstream(name: str = "upstream", models: list[str] | None = No
 def router_process(config_path: str | Path, **kwargs: Any) -> Iterator[RouterProcess]:
     with RouterProcess(config_path, **kwargs) as proc:
         yield proc
+
+
+def _continued(pieces: list[str], prefill: str) -> list[str]:
+    """The pieces of a scripted answer that follow ``prefill`` (a prefix of it), as a model
+    continuing an assistant prefill would produce them."""
+    full = "".join(pieces)
+    if not full.startswith(prefill):
+        return pieces  # not our answer: start over
+    out: list[str] = []
+    seen = 0
+    for piece in pieces:
+        end = seen + len(piece)
+        if end > len(prefill):
+            out.append(piece[max(0, len(prefill) - seen):])
+        seen = end
+    return out

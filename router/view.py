@@ -72,6 +72,7 @@ class RouterView:
             "strategy": self._config.routing.strategy,
             "requests": stats.requests,
             "retries": stats.retries,
+            "continuations": stats.continuations,
             "errors": stats.errors,
             "backends": [b.status() for b in self._backends.backends.values()],
             "aliases": self._index.aliases,

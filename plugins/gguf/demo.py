@@ -58,6 +58,14 @@ def vocabulary() -> tuple[list[str], list[int]]:
         if piece not in tokens:
             tokens.append(piece)
             types.append(_NORMAL)
+    # Every prefix of the sentence's pieces too, so the SentencePiece tokenizer rebuilds
+    # them from characters: the model's own answer, sent back as text (an assistant
+    # prefill), tokenizes to the tokens it produced, and it goes on from there.
+    for piece in [*SENTENCE, "▁Hello!"]:
+        for end in range(2, len(piece)):
+            if piece[:end] not in tokens:
+                tokens.append(piece[:end])
+                types.append(_NORMAL)
     return tokens, types
 
 

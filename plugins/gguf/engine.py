@@ -25,7 +25,7 @@ from llama_cpp import llama_cache, llama_chat_format, llama_grammar
 from plugins.gguf import llama_log
 from plugins.gguf.settings import WorkerSettings, missing_model
 from router import ContextLengthExceeded, EngineError, InvalidRequest, ModelLoadFailed
-from router.workers import Engine, Extension
+from router.workers import Engine, Extension, split_prefill
 
 # -- the engine ------------------------------------------------------------------------------
 
@@ -149,7 +149,8 @@ class LlamaEngine(Engine):
         tool_choice = payload.get("tool_choice")
         if self.formatter is None:  # a named chat_format: llama-cpp-python formats and counts
             return self._chat_builtin(payload, stop)
-        prompt, extra_stop, criteria = self.format_chat(messages, tools, tool_choice)
+        messages, prefill = split_prefill(payload, messages)
+        prompt, extra_stop, criteria = self.format_chat(messages, tools, tool_choice, prefill)
         kwargs = self._sampling(payload, len(prompt))
         kwargs["stop"] = _stop_list(payload.get("stop")) + extra_stop
         grammar, tool = self._grammar(payload, tools, tool_choice)
@@ -194,13 +195,19 @@ class LlamaEngine(Engine):
                 raise ContextLengthExceeded(self.n_ctx, None) from exc
             raise InvalidRequest(str(exc)) from exc
 
-    def format_chat(self, messages: list[Any], tools: Any, tool_choice: Any) -> tuple[list[int], list[str], Any]:
+    def format_chat(self, messages: list[Any], tools: Any, tool_choice: Any,
+                    prefill: str | None = None) -> tuple[list[int], list[str], Any]:
+        """The prompt's tokens (the template's, then ``prefill``: the start of the answer
+        to go on from), its stop strings and stopping criteria."""
         assert self.formatter is not None
         try:
             result = self.formatter(messages=messages, tools=tools, tool_choice=tool_choice)
         except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
             raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", param="messages") from exc
-        prompt = self._llama().tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        # The prefill is tokenized with the prompt, as one text: alone, it would get a
+        # leading space (SentencePiece) and other tokens than the model produced.
+        text = result.prompt + (prefill or "")
+        prompt = self._llama().tokenize(text.encode("utf-8"), add_bos=not result.added_special, special=True)
         extra = [] if result.stop is None else [result.stop] if isinstance(result.stop, str) else list(result.stop)
         return prompt, extra, result.stopping_criteria
 

@@ -44,7 +44,7 @@ from plugins.gptq.text import (
     stop_list,
 )
 from router import ContextLengthExceeded, EngineError, InvalidRequest, ModelLoadFailed
-from router.workers import Engine, Inbox, Job
+from router.workers import Engine, Inbox, Job, split_prefill
 
 log = logging.getLogger("router.gptq")
 
@@ -426,7 +426,7 @@ class TransformersEngine(Engine):
     def _request(self, job: Job) -> _Row:
         payload = job.payload
         if job.kind == "chat/completions":
-            messages = normalize_messages(payload.get("messages"))
+            messages, prefill = split_prefill(payload, normalize_messages(payload.get("messages")))
             stops = stop_list(payload.get("stop"))
             if self.template == "tokenizer":
                 try:
@@ -435,9 +435,10 @@ class TransformersEngine(Engine):
                 except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
                     raise InvalidRequest(f"the model's chat template rejected these messages: {exc}",
                                          param="messages") from exc
-                prompt = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                prompt = list(self.tokenizer(text + (prefill or ""), add_special_tokens=False)["input_ids"])
             else:
-                prompt = list(self.tokenizer(fallback_prompt(messages))["input_ids"])
+                text = fallback_prompt(messages) + (" " + prefill if prefill else "")
+                prompt = list(self.tokenizer(text)["input_ids"])
                 stops += FALLBACK_STOPS
         elif job.kind == "completions":
             text = payload.get("prompt", "")

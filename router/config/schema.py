@@ -116,6 +116,9 @@ class RoutingConfig:
     #: times on the same backend before failing over.
     same_backend_retries: int = setting(1, ge=0)
     max_retry_after_s: float = setting(5.0, ge=0)
+    #: A stream broken after content reached the client is continued on another backend
+    #: that accepts an assistant prefill (``continuation``) at most this many times.
+    max_continuations: int = setting(1, ge=0)
 
 
 @dataclasses.dataclass
@@ -199,6 +202,9 @@ class BackendConfig:
     #: The model's context length here, when the backend does not report it: a
     #: context_length_exceeded fails over only to backends with more (or unknown).
     context_length: int | None = setting(None, ge=1)
+    #: Whether it continues a trailing assistant message (a prefill), so a broken stream
+    #: can go on here (None: the provider's default; true for the local engines).
+    continuation: bool | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     reasoning: ReasoningConfig = dataclasses.field(default_factory=ReasoningConfig)

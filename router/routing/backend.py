@@ -129,6 +129,8 @@ class Backend:
             if config.max_concurrent
             else None
         )
+        #: Whether a broken stream may be continued here (an assistant prefill).
+        self.continuation = config.continuation if config.continuation is not None else provider.continues_prefill
         #: What hooks and strategies see of this backend (read-only, built once).
         self.view = BackendView(self)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_none
 
@@ -29,7 +30,9 @@ from router.provider import UpstreamResponse
 from router.request import ProxyRequest
 from router.routing.backend import Backend, BackendView
 from router.state import RouterState
+from router import jsonlib
 from router.streams.commit import HeldStream, hold_first_content
+from router.streams.continuation import Delivered, continuation_payload
 
 
 #: How long a request waits for half-open trials' verdicts when no backend is available.
@@ -40,7 +43,7 @@ class Exchange:
     """A response that has started (from a backend, or an early answer with no backend);
     ``finish`` must be called exactly once."""
 
-    __slots__ = ("backend", "response", "_done", "first_byte_at", "usage_raw", "held", "attempts")
+    __slots__ = ("backend", "response", "_done", "first_byte_at", "usage_raw", "held", "attempts", "continuer")
 
     def __init__(self, backend: Backend | None, response: UpstreamResponse) -> None:
         self.backend = backend
@@ -55,6 +58,9 @@ class Exchange:
         self.held: HeldStream | None = None
         #: The backends tried for it (``ProxyRequest.attempts``).
         self.attempts: list[str] = []
+        #: Set when a break mid-stream can be continued on another backend: given what
+        #: the client was sent, the continuation's exchange (committed), or None.
+        self.continuer: Callable[[Delivered], Awaitable[Exchange | None]] | None = None
 
     def finish(self, ok: bool | None) -> None:
         if not self._done:
@@ -117,6 +123,11 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
                 return candidates
 
     routing = state.config.routing
+    options = request.payload.pop("x_router", None) if "x_router" in request.payload else None
+    if options is not None:
+        request.update_payload()  # the body is sent without it
+    continuable = (request.stream and request.endpoint == "chat/completions" and routing.max_continuations > 0
+                   and not (isinstance(options, dict) and options.get("continuation") is False))
     #: Only a context_length_exceeded narrows the candidates: to contexts above this.
     context_floor: list[int | None] = []
 
@@ -194,7 +205,49 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
             exchange.first_byte_at = time.monotonic()
         request.attempts.append(backend.name)
         exchange.attempts = request.attempts
+        if continuable and any(b.continuation and b.name not in tried for b in serving_now):
+            exchange.continuer = continuer
         return exchange
+
+    continuations = 0
+
+    async def continuer(delivered: Delivered) -> Exchange | None:
+        """Go on from ``delivered`` on another backend that accepts a prefill; the first
+        whose stream commits wins (routing.max_continuations bounds how often)."""
+        nonlocal continuations
+        if continuations >= routing.max_continuations:
+            return None
+        continuations += 1
+        payload = continuation_payload(request.payload, delivered)
+        while True:
+            now = time.monotonic()
+            candidates = [c for c in available(now) if c._backend.continuation]
+            if not candidates:
+                return None
+            backend = strategy.choose(candidates, request)._backend
+            tried.add(backend.name)
+            served_model = backend.config.aliases.get(target, target)
+            upstream = request.upstream(served_model)
+            upstream.body = jsonlib.dumps({**payload, "model": served_model})
+            upstream.payload = payload
+            try:
+                response = await backend.send(upstream)
+                following = Exchange(backend, response)
+                try:
+                    following.held = await hold_first_content(
+                        response.iter_chunks(), backend=backend.name, limit_bytes=routing.commit_after_bytes or 1,
+                        timeout_s=backend.config.first_token_timeout_s or routing.first_token_timeout_s)
+                except BaseException:
+                    following.finish(ok=False)
+                    raise
+            except RouterError as exc:
+                request.attempts.append(f"{backend.name}={exc.code or exc.status} (continuation)")
+                continue
+            stats.continuations += 1
+            request.attempts.append(f"{backend.name} (continuation)")
+            following.attempts = request.attempts
+            following.continuer = continuer
+            return following
 
     def retryable(exc: BaseException) -> bool:
         if not isinstance(exc, RouterError) or exhausted:

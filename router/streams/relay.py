@@ -20,6 +20,7 @@ from aiohttp import web
 from router.errors import RouterError, StreamIncomplete, UpstreamError, UpstreamTimeout
 from router.http_upstream import describe_failure
 from router.routing.dispatch import Exchange
+from router.streams.continuation import Delivered, Rejoin
 from router.streams.sse import SSESplitter
 from router.streams.transform import TransformChain
 
@@ -40,6 +41,7 @@ _TAIL = 32
 _FINISH_COMPACT = b'"finish_reason":"'
 _FINISH_SPACED = b'"finish_reason": "'
 _USAGE = b'"usage"'
+_ERROR_EVENT = b'data: {"error"'
 _UPSTREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, UpstreamError)
 
 
@@ -99,51 +101,113 @@ async def relay_stream(
     finished = False
     splitter = SSESplitter() if chain is not None else None
     transform_failed = False
+    # Armed when another backend could continue this stream if it breaks: then only whole
+    # events are written (a partial one is never left on the wire), the bytes written are
+    # kept (references, parsed only on a break), and an error event counts as a break.
+    continuer = exchange.continuer
+    received: list[bytes] | None = [] if continuer is not None else None
+    carry = b""
+    rejoin: Rejoin | None = None
+    current = exchange
     try:
         await out.prepare(http_request)
-        held = exchange.held
+        held = current.held
         chunks = held.chunks if held is not None else response.iter_chunks()
         # What was read before the commit (router.streams.commit) goes first, as it came.
         backlog = held.held if held is not None else []
         while True:
+            failure: RouterError | None = None
+            cause: BaseException | None = None
+            ended = False
             try:
                 chunk = backlog.pop(0) if backlog else await chunks.__anext__()
             except StopAsyncIteration:
-                break
+                chunk, ended = b"", True
             except _UPSTREAM_FAILURES as exc:
+                failure, cause, chunk = as_router_error(exc), exc, b""
+            if chunk and received is not None:
+                if rejoin is not None:
+                    chunk = rejoin.feed(chunk)
+                cut = chunk.find(_ERROR_EVENT)
+                if cut >= 0:
+                    chunk = chunk[:cut]
+                    failure = UpstreamError("the backend sent an error event in the middle of the answer")
+                received.append(chunk)
+            if chunk:
+                if current.first_byte_at is None:
+                    current.first_byte_at = time.monotonic()
+                if not finished and (_FINISH_COMPACT in chunk or _FINISH_SPACED in chunk):
+                    finished = True
+                if _USAGE in chunk:  # the usage chunk comes last: keep it (a reference) for observers
+                    exchange.usage_raw = chunk
+                tail = (tail + chunk)[-_TAIL:] if len(chunk) < _TAIL else chunk[-_TAIL:]
+                if splitter is None:
+                    if received is None:
+                        await out.write(chunk)
+                        at_boundary = chunk.endswith(b"\n\n")
+                    else:
+                        data = carry + chunk if carry else chunk
+                        whole = data.rfind(b"\n\n") + 2
+                        if whole >= 2:
+                            await out.write(data[:whole])
+                        carry = data[whole:] if whole >= 2 else data
+                else:
+                    assert chain is not None
+                    try:
+                        events = chain.events(splitter.feed(chunk))
+                    except Exception as exc:  # noqa: BLE001 - a plugin's bug must not cut the stream silently
+                        transform_failed = True  # the backend did nothing wrong
+                        await out.write(_transform_failed(exc, request_id))
+                        break
+                    if events:  # only whole events are written: the client is always at a boundary
+                        await out.write(b"".join(e.encode() for e in events))
+                    if not splitter.pending and chain.passthrough:
+                        splitter = None  # every transform is done with this stream: its bytes as they come
+                if failure is None:
+                    continue
+            elif failure is None and not ended:
+                continue  # a continuation's role-only chunk, dropped
+            if failure is None and not finished and not tail.rstrip().endswith(b"[DONE]"):
+                failure = StreamIncomplete(
+                    "the backend ended the stream before it was complete (no finish_reason "
+                    "and no data: [DONE]); the answer above is cut short")
+            if failure is not None and continuer is not None and received is not None:
+                delivered = Delivered(received)
+                following = await continuer(delivered) if delivered.continuable else None
+                if following is not None:
+                    log.warning("stream from %s broke mid-way (request %s): %s; continued on %s",
+                                current.backend.name if current.backend else "?", request_id, failure.message,
+                                following.backend.name if following.backend else "?")
+                    current.finish(ok=False)
+                    current = following
+                    rejoin = Rejoin(delivered)
+                    carry = b""  # the broken event was never written
+                    if splitter is not None:
+                        splitter.take_rest()
+                    held = following.held
+                    chunks = held.chunks if held is not None else following.response.iter_chunks()
+                    backlog = list(held.held) if held is not None else []  # rewritten by the loop
+                    tail, finished = b"", False
+                    continue
+            if failure is not None:
                 ok = False
-                error = as_router_error(exc)
-                log.warning(
-                    "stream from %s failed mid-way (request %s): %s (%r)",
-                    exchange.backend.name if exchange.backend else "an early answer", request_id, error.message,
-                    exc.__cause__ or exc,
-                )
-                await out.write(_error_event(error, at_boundary))
-                break
-            if exchange.first_byte_at is None:
-                exchange.first_byte_at = time.monotonic()
-            if not finished and (_FINISH_COMPACT in chunk or _FINISH_SPACED in chunk):
-                finished = True
-            if _USAGE in chunk:  # the usage chunk comes last: keep it (a reference) for observers
-                exchange.usage_raw = chunk
-            tail = (tail + chunk)[-_TAIL:] if len(chunk) < _TAIL else chunk[-_TAIL:]
-            if splitter is None:
-                await out.write(chunk)
-                at_boundary = chunk.endswith(b"\n\n")
-                continue
-            assert chain is not None
-            try:
-                events = chain.events(splitter.feed(chunk))
-            except Exception as exc:  # noqa: BLE001 - a plugin's bug must not cut the stream silently
-                transform_failed = True  # the backend did nothing wrong
-                await out.write(_transform_failed(exc, request_id))
-                break
-            if events:  # only whole events are written: the client is always at a boundary
-                await out.write(b"".join(e.encode() for e in events))
-            if not splitter.pending and chain.passthrough:
-                splitter = None  # every transform is done with this stream: its bytes as they come
+                if isinstance(failure, StreamIncomplete):
+                    log.warning("stream from %s ended incomplete (request %s)",
+                                current.backend.name if current.backend else "an early answer", request_id)
+                else:
+                    log.warning("stream from %s failed mid-way (request %s): %s (%r)",
+                                current.backend.name if current.backend else "an early answer", request_id,
+                                failure.message, cause.__cause__ or cause if cause is not None else None)
+                if splitter is not None:
+                    try:
+                        closing = chain.events(splitter.flush()) + chain.end() if chain is not None else []
+                    except Exception:  # noqa: BLE001 - the stream is failing anyway
+                        closing = []
+                    if closing:
+                        await out.write(b"".join(e.encode() for e in closing))
+                await out.write(_error_event(failure, at_boundary))
+            break
         if ok is None and not transform_failed:
-            done = tail.rstrip().endswith(b"[DONE]")
             if chain is not None and splitter is not None:
                 try:
                     closing = chain.events(splitter.flush()) + chain.end()
@@ -154,25 +218,23 @@ async def relay_stream(
                     if closing:
                         await out.write(b"".join(e.encode() for e in closing))
                     at_boundary = True
-            if not done and not transform_failed:
-                if finished:  # some servers omit [DONE] after a proper finish: add it
-                    await out.write((b"" if at_boundary else b"\n\n") + SSE_DONE)
-                else:
-                    ok = False
-                    error = StreamIncomplete(
-                        "the backend ended the stream before it was complete (no finish_reason "
-                        "and no data: [DONE]); the answer above is cut short"
-                    )
-                    log.warning("stream from %s ended incomplete (request %s)",
-                                exchange.backend.name if exchange.backend else "an early answer", request_id)
-                    await out.write(_error_event(error, at_boundary))
+            elif carry:
+                await out.write(carry)
+                at_boundary = carry.endswith(b"\n\n")
+            if rejoin is not None:
+                rest = rejoin.flush()
+                if rest:
+                    await out.write(rest)
+            if not tail.rstrip().endswith(b"[DONE]") and not transform_failed:
+                # a proper finish without [DONE] (some servers omit it): add it
+                await out.write((b"" if at_boundary else b"\n\n") + SSE_DONE)
         if ok is None:
             ok = True
         await out.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         log.info("client went away mid-stream (request %s); upstream closed", request_id)
     finally:
-        exchange.finish(ok)  # closes the upstream response: on disconnect, at once
+        current.finish(ok)  # closes the upstream response: on disconnect, at once
     return out
 
 

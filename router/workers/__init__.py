@@ -19,7 +19,7 @@ Settings dataclasses become worker flags and back with ``add_flags``/``from_flag
 
 from router.workers.bridge import STREAMING, Job, Operation, Result
 from router.workers.client import LeasedResponse, WorkerClient
-from router.workers.engine import Engine, Extension
+from router.workers.engine import Engine, Extension, split_prefill
 from router.workers.eviction import CannotFit, Limits, Loaded, Plan, plan_eviction
 from router.workers.launch import Launch, add_flags, free_port, from_flags, to_flags
 from router.workers.pool import Lease, Member, ModelPool
@@ -52,7 +52,7 @@ __all__ = [
     # talking to a worker, and the provider built on all of it
     "WorkerClient", "LeasedResponse", "WorkerProvider", "LocalModel",
     # the worker side
-    "Engine", "Extension", "Job", "Operation", "Result", "STREAMING",
+    "Engine", "Extension", "split_prefill", "Job", "Operation", "Result", "STREAMING",
     "WorkerServer", "serve", "run_worker", "LOAD_FAILED_STATUS",
     "SingleSlotScheduler", "BatchScheduler", "ContinuousScheduler", "Inbox", "EngineThread",
     # the stderr protocol

@@ -26,6 +26,20 @@ from router.workers.bridge import Job, Operation, Result
 from router.workers.scheduling import Inbox
 
 
+def split_prefill(payload: dict[str, Any], messages: list[Any]) -> tuple[list[Any], str | None]:
+    """A trailing assistant message with text and no tool calls is a prefill: the model
+    goes on from it (vLLM's ``continue_final_message``, llama.cpp's and SGLang's trailing
+    assistant message), which is how the router continues a stream broken mid-answer.
+    Returns the messages to format with a generation prompt, and the text to append to
+    that prompt (None: no prefill). ``continue_final_message: false`` turns it off."""
+    last = messages[-1] if messages else None
+    if (payload.get("continue_final_message") is False or not isinstance(last, dict)
+            or last.get("role") != "assistant" or last.get("tool_calls")
+            or not isinstance(last.get("content"), str) or not last["content"]):
+        return messages, None
+    return messages[:-1], last["content"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Extension:
     """An engine's own operation: ``POST path`` on the worker, and/or an OpenAI request

@@ -51,6 +51,7 @@ class WorkerProvider(Provider, Generic[E, S]):
     #: What a model is on disk, for messages ("a .gguf file", "a model folder").
     model_kind: ClassVar[str] = "model"
     loads_on_demand = True
+    continues_prefill = True  # the toolkit's engines continue a trailing assistant message
 
     def __init__(self, config: BackendConfig, *, idle_ttl_s: float | None, limits: Limits,
                  startup_timeout_s: float, logger: logging.Logger) -> None:

@@ -169,3 +169,90 @@ def test_an_error_event_written_for_the_client(upstreams, start_router):
     assert "upstream_error" in error
     assert "closed in the middle of the answer" in error
     assert "TransferEncodingError" not in error and "400" not in error
+
+
+# -- mid-stream continuation -------------------------------------------------------------------
+
+
+def continuing(upstreams: Any, start_router: Any, names: tuple[str, ...] = ("a", "b"), **routing: Any) -> list[Any]:
+    ups = [upstreams(n) for n in names]
+    for u in ups:
+        u.behaviour.pieces = list(PIECES)
+    # Weighted, a far heavier: the first attempt goes to a, whatever the order of tests.
+    start = start_router({"routing": {"strategy": "weighted", **routing}, "server": {"admin_key": "k"},
+                          "backends": [backend(u.name, u, continuation=True, weight=1000 if u is ups[0] else 1)
+                                       for u in ups]})
+    return [start, *ups]
+
+
+def raw_stream(router: Any, **extra: Any) -> tuple[list[dict[str, Any]], str]:
+    resp = requests.post(f"{router.url}/v1/chat/completions", timeout=10, json={
+        "model": "test-model", "stream": True, "messages": [{"role": "user", "content": "hi"}], **extra})
+    import json as _json
+    events = [_json.loads(line[6:]) for line in resp.text.split("\n\n") if line.startswith("data: {")]
+    return events, resp.text
+
+
+@pytest.mark.parametrize("fault", ["cut", "error_event"])
+def test_a_stream_broken_mid_answer_is_continued_exactly(upstreams, start_router, fault):
+    router, a, b = continuing(upstreams, start_router)
+    a.behaviour.chunk_delay_s = 0.05  # events one by one: the first is committed before the break
+    if fault == "cut":
+        a.behaviour.die_after_chunks = 3  # "The quick brown " reached the client
+    else:
+        a.behaviour.error_event_after = 3
+    text, headers = streamed(router, max_tokens=50, temperature=0.3, seed=7)
+    assert text == ANSWER  # nothing duplicated, nothing missing, through the openai SDK
+    continuation = b.requests[-1]
+    assert continuation["messages"][-1] == {"role": "assistant", "content": "The quick brown "}
+    assert continuation["continue_final_message"] is True and continuation["add_generation_prompt"] is False
+    assert continuation["max_tokens"] == 47 and continuation["temperature"] == 0.3 and continuation["seed"] == 7
+    assert headers["X-Router-Backend"] == "a"  # the backend that answered first
+    status = requests.get(f"{router.url}/status", timeout=5, headers={"Authorization": "Bearer k"}).json()
+    assert status["continuations"] == 1
+
+
+def test_a_continued_stream_is_one_stream(upstreams, start_router):
+    router, a, b = continuing(upstreams, start_router)
+    a.behaviour.die_after_chunks = 2
+    events, text = raw_stream(router, stream_options={"include_usage": True})
+    assert len({e["id"] for e in events}) == 1 and len({e["model"] for e in events}) == 1
+    assert len({e["created"] for e in events}) == 1
+    assert sum(1 for e in events for c in e["choices"] if "role" in c.get("delta", {})) == 1
+    assert "".join(c["delta"].get("content") or "" for e in events for c in e["choices"]) == ANSWER
+    usage = [e["usage"] for e in events if e.get("usage")][-1]
+    assert usage["completion_tokens"] == 2 + 3  # the two delivered, the three continued
+    assert '"error"' not in text and text.rstrip().endswith("data: [DONE]")
+
+
+def test_a_break_inside_a_tool_call_is_not_continued(upstreams, start_router):
+    router, a, b = continuing(upstreams, start_router)
+    a.behaviour.die_after_chunks = 2
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    events, text = raw_stream(router, tools=tools)
+    assert "upstream_error" in text and text.rstrip().endswith("data: [DONE]")
+    assert b.requests == []
+
+
+def test_continuation_can_be_turned_off_per_request(upstreams, start_router):
+    router, a, b = continuing(upstreams, start_router)
+    a.behaviour.die_after_chunks = 2
+    events, text = raw_stream(router, x_router={"continuation": False})
+    assert "upstream_error" in text and b.requests == []
+    assert "x_router" not in a.requests[-1]  # never sent upstream
+
+
+def test_continuations_are_bounded(upstreams, start_router):
+    router, a, b, c = continuing(upstreams, start_router, names=("a", "b", "c"), max_continuations=1)
+    a.behaviour.die_after_chunks = 2
+    b.behaviour.die_after_chunks = 1  # the continuation breaks too
+    events, text = raw_stream(router)
+    assert "upstream_error" in text
+    assert len(b.requests) == 1 and c.requests == []
+
+
+def test_without_a_continuation_backend_the_break_ends_with_the_error_event(upstreams, start_router):
+    a, b, router = two(upstreams, start_router)  # openai_compatible: continuation off by default
+    a.behaviour.die_after_chunks = 2
+    events, text = raw_stream(router)
+    assert "upstream_error" in text and b.served == 0
