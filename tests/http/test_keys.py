@@ -222,6 +222,9 @@ def test_keys_never_appear_in_logs_errors_metrics_or_status(start_router, upstre
     call("/admin/keys", ADMIN)
     call("/status", ADMIN)
     call("/admin/backends", ADMIN)
+    call("/admin/settings", ADMIN)
+    assert '"auth.keys"' in seen[-1] and "<redacted>" in seen[-1]
+    call("/openapi.json", {})
     call("/metrics", {})
     metrics = seen[-1]
     assert list(text_string_to_metric_families(metrics.split("{'Content-Type'")[0]))
