@@ -21,6 +21,7 @@ Series (names from the OpenTelemetry GenAI conventions where they exist):
     router_model_requests_total               counter    model, backend, status, key
     router_tokens_total                       counter    model, backend, key, token_type
     router_rate_limited_total                 counter    key
+    router_failovers_total                    counter    model, backend
     router_requests_in_flight                 gauge
 """
 
@@ -74,6 +75,8 @@ class RequestMetrics:
         self.rate_limited = Counter("router_rate_limited", "Requests refused for a key's rpm/tpm.",
                                     ["key"], registry=r)
         self.in_flight = Gauge("router_requests_in_flight", "Client requests being answered now.", registry=r)
+        self.failovers = Counter("router_failovers", "Requests answered by a backend after another failed them.",
+                                 ["model", "backend"], registry=r)
 
         # The labelled children, cached per (model, backend, status, key): one dict lookup
         # per request instead of a labels() call per series.
@@ -118,6 +121,9 @@ class RequestMetrics:
                 tokens_out.inc(completion)
         if request.error_code == "rate_limit_exceeded":
             self.rate_limited.labels(key).inc()
+        attempts = request.attempts
+        if len(attempts) > 1 and status < 400 and backend:
+            self.failovers.labels(model, backend).inc()
 
 
 OPERATIONS = {"chat/completions": "chat", "completions": "text_completion", "embeddings": "embeddings"}

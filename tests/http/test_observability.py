@@ -71,7 +71,8 @@ async def test_metrics_by_model_backend_status_and_key_with_tokens_and_ttft():
                                 (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()))
     served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     served |= {re.sub(r"_(bucket|count|sum)$", "", name) for name in served}
-    assert len(documented) >= 18 and documented <= served, documented - served
+    # (router_failovers_total has samples only once a failover happened: the next test.)
+    assert len(documented) >= 19 and documented - {"router_failovers_total"} <= served, documented - served
 
 
 def request_lines(proc: RouterProcess) -> list[dict[str, Any]]:
@@ -144,3 +145,23 @@ def test_the_grafana_dashboard_uses_only_series_the_router_serves():
             for name in re.findall(r"\b(router_[a-z_]+|gen_ai_[a-z_]+)\b", e)}
     documented = set(re.findall(r"`((?:router|gen_ai)_[a-z_]+)`", (root / "docs" / "operations.md").read_text()))
     assert used and used <= documented, used - documented
+
+
+async def test_failovers_are_counted_by_the_backend_that_answered():
+    good = await FakeUpstream("good").start()
+    bad = await FakeUpstream("bad").start()
+    bad.behaviour.fail_status = 503
+    cfg = {"routing": {"strategy": "round_robin"},
+           "backends": [{"name": u.name, "provider": "openai_compatible", "base_url": u.url} for u in (bad, good)]}
+    try:
+        async with router_client(cfg) as client:
+            for _ in range(4):
+                assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+            text = await (await client.get("/metrics")).text()
+    finally:
+        await good.stop()
+        await bad.stop()
+    found = samples(text)
+    failovers = value(found, "router_failovers_total", model="test-model", backend="good")
+    assert failovers == bad.served >= 1  # every request the bad backend failed was answered by good
+    assert value(found, "router_retries_total") == failovers
