@@ -19,6 +19,20 @@ from router.provider import UpstreamRequest
 FORWARDED_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 
 
+class AttemptLog(list[str]):
+    """The attempts of a request, each with the monotonic time it was appended (settled)."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[float] = []
+
+    def append(self, attempt: str) -> None:
+        super().append(attempt)
+        self.ended.append(time.monotonic())
+
+
 class ProxyRequest:
     __slots__ = (
         "endpoint", "body", "payload", "model", "target_model", "stream",
@@ -48,8 +62,9 @@ class ProxyRequest:
         self.usage_raw = b""
         self.error_code: str | None = None
         #: Each backend tried, in order: "name" for the one that answered, "name=code"
-        #: for one that failed (sent as X-Router-Attempts).
-        self.attempts: list[str] = []
+        #: for one that failed (sent as X-Router-Attempts); ``attempts.ended`` says when
+        #: each attempt was settled (for traces).
+        self.attempts: AttemptLog = AttemptLog()
         self.payload: dict[str, Any] = {}
         #: The model the client named ("" until parsed), and after global aliases.
         self.model = ""

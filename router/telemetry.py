@@ -187,20 +187,25 @@ class Tracing:
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR, request.error_code or str(status)))
         context = trace.set_span_in_context(span)
-        # The backend attempts, in order ("name" answered, "name=code" failed). The one that
-        # answered runs to the first byte; a failed one is marked where the request began.
-        attempts = list(getattr(request, "attempts", None) or ([backend.name] if backend is not None else []))
-        first_byte = self._ns(request.first_byte_at) if request.first_byte_at is not None else end
-        for attempt in attempts:
+        # The backend attempts, in order ("name" answered, "name=code" failed), each from
+        # the end of the one before (or the request's start) to when it was settled.
+        attempts = list(request.attempts) or ([backend.name] if backend is not None else [])
+        ended = list(getattr(request.attempts, "ended", []))
+        previous = start
+        for i, attempt in enumerate(attempts):
             name, _, failure = attempt.partition("=")
+            name = name.split(" ")[0]
+            until = self._ns(ended[i]) if i < len(ended) else (
+                self._ns(request.first_byte_at) if request.first_byte_at is not None else end)
             child = self.tracer.start_span(f"attempt {name}", context=context, kind=SpanKind.CLIENT,
-                                           start_time=start, attributes={"router.backend": name})
+                                           start_time=previous, attributes={"router.backend": name})
+            if "(continuation)" in attempt:
+                child.set_attribute("router.continuation", True)
             if failure:
-                child.set_attribute("error.type", failure)
+                child.set_attribute("error.type", failure.split(" ")[0])
                 child.set_status(Status(StatusCode.ERROR, failure))
-                child.end(end_time=start)
-            else:
-                child.end(end_time=first_byte)
+            child.end(end_time=max(previous, until))
+            previous = max(previous, until)
         span.end(end_time=end)
 
     def close(self) -> None:

@@ -120,3 +120,7 @@ async def test_failed_backend_attempts_are_child_spans(monkeypatch):
     failed = [s for s in receiver.spans if s["parent"] and s["attributes"].get("error.type")]
     assert failed and {s["attributes"]["router.backend"] for s in failed} == {"bad"}
     assert all(s["status"] == 2 for s in failed)  # STATUS_CODE_ERROR
+    for span in failed:  # a failed attempt ends before the one that answered starts
+        (parent,) = [s for s in roots if s["span_id"] == span["parent"]]
+        (answered,) = [s for s in receiver.spans if s["parent"] == parent["span_id"] and s not in failed]
+        assert parent["start"] <= span["start"] <= span["end"] <= answered["start"] <= answered["end"]
