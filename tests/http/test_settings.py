@@ -175,3 +175,19 @@ async def test_without_a_store_changes_apply_until_restart(tmp_path: Path):
             assert (await settings(client))["routing.retries"]["value"] == 2
     finally:
         await a.stop()
+
+
+async def test_generation_settings_apply_to_the_next_request(tmp_path: Path):
+    a = await FakeUpstream("a").start()
+    try:
+        async with router_client(from_file(tmp_path / "c.yaml", config(tmp_path / "s.db", a))) as client:
+            assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+            assert "temperature" not in a.requests[-1]
+            status, body = await put(client, "generation.defaults.temperature", 0.3)
+            assert status == 200 and body["value"] == 0.3
+            assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+            assert a.requests[-1]["temperature"] == 0.3
+            status, body = await put(client, "generation.defaults.temperature", 7)
+            assert status == 400 and body["error"]["param"] == "generation.defaults.temperature"
+    finally:
+        await a.stop()
