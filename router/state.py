@@ -25,6 +25,7 @@ from router.registry import Registry
 from router.routing.backends import BackendSet
 from router.routing.index import ModelIndex
 from router.routing.limits import Admission
+from router.routing.budget import SlidingBudget
 from router.stats import Stats
 from router.store import Store
 from router.telemetry import Telemetry
@@ -39,6 +40,11 @@ class RouterState:
         self.index = ModelIndex(config, self.registry.strategies)
         self.backends = BackendSet(config, self.registry.providers, self.index)
         self.stats = Stats()
+        routing = config.routing
+        #: Bounds on the extra attempts failover and hedging add (router.routing.budget).
+        self.retry_budget = (SlidingBudget(routing.retry_budget_pct, routing.retry_budget_min)
+                             if routing.retry_budget_pct is not None else None)
+        self.hedge_budget = SlidingBudget(routing.hedge.budget_pct) if routing.hedge is not None else None
         self.telemetry = Telemetry(config.server, config.path)
         #: auth.store: live settings and admin-registered backends (router.store).
         self.store = Store(config.auth.store if config.auth is not None else None)

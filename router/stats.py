@@ -7,7 +7,7 @@ import collections
 
 
 class Stats:
-    __slots__ = ("requests", "retries", "errors", "continuations", "responses_by_status")
+    __slots__ = ("requests", "retries", "errors", "continuations", "hedges", "responses_by_status")
 
     def __init__(self) -> None:
         #: Client requests received on the OpenAI endpoints.
@@ -18,6 +18,8 @@ class Stats:
         self.errors = 0
         #: Streams broken mid-answer and continued on another backend.
         self.continuations = 0
+        #: Second attempts started because the first had no first token in time.
+        self.hedges = 0
         self.responses_by_status: collections.Counter[int] = collections.Counter()
 
     def finished(self, status: int) -> None:

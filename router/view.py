@@ -73,6 +73,7 @@ class RouterView:
             "requests": stats.requests,
             "retries": stats.retries,
             "continuations": stats.continuations,
+            "hedges": stats.hedges,
             "errors": stats.errors,
             "backends": [b.status() for b in self._backends.backends.values()],
             "aliases": self._index.aliases,

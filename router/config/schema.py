@@ -91,15 +91,25 @@ class ServerConfig:
 @dataclasses.dataclass
 class CircuitBreakerConfig:
     failure_threshold: int = setting(5, ge=1)
-    cooldown_s: float = setting(30.0, ge=0)
+    cooldown_s: float = setting(10.0, ge=0)
     success_threshold: int = setting(1, ge=1)
+
+
+@dataclasses.dataclass
+class HedgeConfig:
+    """``routing.hedge``: when the first backend has sent no first token after
+    ``after_ms``, a second attempt starts on another backend; the first to send content
+    wins and the other is closed. At most ``budget_pct`` of requests are hedged (10 s window)."""
+
+    after_ms: float = setting(800.0, gt=0)
+    budget_pct: float = setting(5.0, ge=0, le=100)
 
 
 @dataclasses.dataclass
 class RoutingConfig:
     strategy: str = "round_robin"
     discovery_interval_s: float = setting(60.0, gt=0)
-    health_check_interval_s: float = setting(15.0, gt=0)
+    health_check_interval_s: float = setting(5.0, gt=0)
     retries: int = setting(2, ge=0)
     timeout_s: float = setting(600.0, gt=0)
     sticky_key: str = "auto"
@@ -119,6 +129,12 @@ class RoutingConfig:
     #: A stream broken after content reached the client is continued on another backend
     #: that accepts an assistant prefill (``continuation``) at most this many times.
     max_continuations: int = setting(1, ge=0)
+    #: Retries and hedges together add at most this share of the requests of the last
+    #: 10 s (plus retry_budget_min); beyond, a request fails fast (None: off).
+    retry_budget_pct: float | None = setting(None, ge=0)
+    retry_budget_min: int = setting(3, ge=0)
+    #: Opt-in hedging: a second attempt when the first has no first token after after_ms.
+    hedge: HedgeConfig | None = None
 
 
 @dataclasses.dataclass

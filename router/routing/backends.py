@@ -140,6 +140,7 @@ class BackendSet:
             return
         if backend.healthy is False:
             log.info("backend %s is healthy again", backend.name)
+            backend.circuit.probe_passed()  # evidence it is back: an open circuit may try now
             if not backend.models:
                 await self.discover(backend)
                 self.index.rebuild(self.backends.values())

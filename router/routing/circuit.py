@@ -68,6 +68,12 @@ class CircuitBreaker:
             self.trip()
         self._trial_ended()
 
+    def probe_passed(self) -> None:
+        """A health check passed after failing: an open circuit's cool-down is over (its
+        next request is the half-open trial), so a recovered backend is back in seconds."""
+        if self.state is CircuitState.OPEN:
+            self.opened_at = time.monotonic() - self.cfg.cooldown_s
+
     def trip(self) -> None:
         self.state = CircuitState.OPEN
         self.opened_at = time.monotonic()

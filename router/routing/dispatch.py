@@ -123,6 +123,12 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
                 return candidates
 
     routing = state.config.routing
+    hedge = routing.hedge
+    retry_budget, hedge_budget = state.retry_budget, state.hedge_budget
+    if retry_budget is not None:
+        retry_budget.request()
+    if hedge_budget is not None:
+        hedge_budget.request()
     options = request.payload.pop("x_router", None) if "x_router" in request.payload else None
     if options is not None:
         request.update_payload()  # the body is sent without it
@@ -146,7 +152,7 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
                 return await backend.send(request.upstream(served_model))
             except RouterError as exc:
                 wait = _same_backend_wait(exc, routing.max_retry_after_s)
-                if left <= 0 or wait is None:
+                if left <= 0 or wait is None or (retry_budget is not None and not retry_budget.spend()):
                     raise
                 left -= 1
                 stats.retries += 1
@@ -155,10 +161,29 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
                     await asyncio.sleep(wait)
 
     async def attempt_once() -> Exchange:
-        nonlocal last_error, exhausted
+        nonlocal exhausted
         if tried:
+            if retry_budget is not None and not retry_budget.spend():
+                exhausted = True
+                raise NoBackendAvailable(
+                    f"the retry budget is spent (routing.retry_budget_pct = {routing.retry_budget_pct:g}% of the "
+                    f"requests of the last 10 s, plus {routing.retry_budget_min}): failing fast rather than "
+                    "adding load; the last error: " + (last_error.message if last_error else "none"),
+                    code="retry_budget_exhausted", retry_after=1.0)
             stats.retries += 1
         now = time.monotonic()
+        candidates = await candidates_now(now)
+        if not candidates:
+            exhausted = True
+            if last_error is not None:
+                raise last_error
+            raise _no_backend(request, serving, now)
+        backend = strategy.choose(candidates, request)._backend
+        if hedge is None or tried or len(candidates) < 2:
+            return await attempt_on(backend)
+        return await hedged(backend)
+
+    async def candidates_now(now: float) -> list[BackendView]:
         candidates = available(now)
         if not candidates and last_error is None:
             candidates = await wait_for_trials(now)
@@ -166,14 +191,13 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
             candidates = [c for c in candidates if fits_context(c)]
         if candidates and hooks.has_filter_backends:
             candidates = list(await hooks.filter_backends(request, candidates))
-        if not candidates:
-            exhausted = True
-            if last_error is not None:
-                raise last_error
-            raise _no_backend(request, serving, now)
         if len(candidates) > 1:
             candidates = _warm_first(candidates, request.target_model)
-        backend = strategy.choose(candidates, request)._backend
+        return candidates
+
+    async def attempt_on(backend: Backend) -> Exchange:
+        """Send to ``backend`` and, for a stream, hold it until its first token."""
+        nonlocal last_error
         tried.add(backend.name)
         served_model = backend.config.aliases.get(request.target_model, request.target_model)
         try:
@@ -208,6 +232,42 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         if continuable and any(b.continuation and b.name not in tried for b in serving_now):
             exchange.continuer = continuer
         return exchange
+
+    async def hedged(first: Backend) -> Exchange:
+        """The first attempt, with a second one on another backend if the first has no
+        first token after ``routing.hedge.after_ms``: the first to answer wins."""
+        assert hedge is not None and hedge_budget is not None
+        primary = asyncio.ensure_future(attempt_on(first))
+        first_done, _ = await asyncio.wait({primary}, timeout=hedge.after_ms / 1000)
+        if first_done:
+            return primary.result()
+        others = [c for c in await candidates_now(time.monotonic()) if c._backend is not first]
+        if not others or not hedge_budget.spend() or (retry_budget is not None and not retry_budget.spend()):
+            return await primary
+        stats.hedges += 1
+        second = strategy.choose(others, request)._backend
+        secondary = asyncio.ensure_future(attempt_on(second))
+        names: dict[asyncio.Future[Exchange], str] = {primary: first.name, secondary: second.name}
+        pending: set[asyncio.Future[Exchange]] = {primary, secondary}
+        error: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                winners = [t for t in done if t.exception() is None]
+                if winners:
+                    for extra in winners[1:]:
+                        extra.result().finish(ok=None)
+                    return winners[0].result()
+                error = next(iter(done)).exception()
+        finally:
+            for loser in pending:  # closed at once; a result that raced in is let go
+                loser.cancel()
+                request.attempts.append(f"{names[loser]}=abandoned (hedged)")
+            for outcome in await asyncio.gather(*pending, return_exceptions=True):
+                if isinstance(outcome, Exchange):
+                    outcome.finish(ok=None)
+        assert error is not None
+        raise error
 
     continuations = 0
 

@@ -256,3 +256,84 @@ def test_without_a_continuation_backend_the_break_ends_with_the_error_event(upst
     a.behaviour.die_after_chunks = 2
     events, text = raw_stream(router)
     assert "upstream_error" in text and b.served == 0
+
+
+def test_a_recovered_backend_is_used_again_within_15_s_with_the_defaults(upstreams, start_router, bg):
+    a, b = upstreams("a"), upstreams("b")
+    router = start_router({"backends": [backend("a", a), backend("b", b)]})  # default breaker and health
+    port = a.port
+    session = requests.Session()
+
+    def one() -> str:
+        resp = session.post(f"{router.url}/v1/chat/completions", timeout=10, json={
+            "model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 200  # b takes everything while a is down
+        return resp.headers["X-Router-Backend"]
+
+    bg.run(a.stop())
+    down_until = time.monotonic() + 6  # long enough to open the circuit and fail a health check
+    while time.monotonic() < down_until:
+        one()
+        time.sleep(0.05)
+    bg.run(a.start(port=port))
+    back = time.monotonic()
+    while time.monotonic() - back < 20:
+        if one() == "a":
+            break
+        time.sleep(0.1)
+    assert time.monotonic() - back < 15
+
+
+# -- hedging and the retry budget ----------------------------------------------------------------
+
+
+def test_a_hedge_wins_when_the_first_backend_is_slow_to_its_first_token(upstreams, start_router):
+    a, b = upstreams("a"), upstreams("b")
+    for u in (a, b):
+        u.behaviour.pieces = list(PIECES)
+    a.behaviour.role_chunk, a.behaviour.first_token_delay_s = True, 3.0
+    router = start_router({"server": {"admin_key": "k"},
+                           "routing": {"strategy": "weighted", "hedge": {"after_ms": 200, "budget_pct": 100}},
+                           "backends": [backend("a", a, weight=1000), backend("b", b)]})
+    started = time.monotonic()
+    text, headers = streamed(router)
+    assert text == ANSWER and headers["X-Router-Backend"] == "b"
+    assert time.monotonic() - started < 2.0  # not a's 3 s
+    assert headers["X-Router-Attempts"] == "b, a=abandoned (hedged)"
+    status = requests.get(f"{router.url}/status", timeout=5, headers={"Authorization": "Bearer k"}).json()
+    assert status["hedges"] == 1
+    deadline = time.monotonic() + 5
+    while a.in_flight and time.monotonic() < deadline:  # the loser is closed at once
+        time.sleep(0.05)
+    assert a.in_flight == 0
+
+
+def test_no_hedge_beyond_its_budget(upstreams, start_router):
+    a, b = upstreams("a"), upstreams("b")
+    for u in (a, b):
+        u.behaviour.pieces = list(PIECES)
+    a.behaviour.role_chunk, a.behaviour.first_token_delay_s = True, 0.8
+    router = start_router({"routing": {"strategy": "weighted", "hedge": {"after_ms": 100, "budget_pct": 0}},
+                           "backends": [backend("a", a, weight=1000), backend("b", b)]})
+    text, headers = streamed(router)
+    assert text == ANSWER and headers["X-Router-Backend"] == "a" and b.served == 0
+
+
+def test_the_retry_budget_keeps_an_outage_from_multiplying_the_load(upstreams, start_router):
+    ups = [upstreams(n) for n in ("a", "b", "c")]
+    for u in ups:
+        u.behaviour.fail_status = 502
+    router = start_router({"routing": {"retries": 2, "retry_budget_pct": 0, "retry_budget_min": 2},
+                           "circuit_breaker": {"failure_threshold": 1000},
+                           "backends": [backend(u.name, u) for u in ups]})
+    statuses, codes = [], []
+    for _ in range(3):
+        resp = requests.post(f"{router.url}/v1/chat/completions", timeout=10, json={
+            "model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
+        statuses.append(resp.status_code)
+        codes.append(resp.json()["error"]["code"])
+    sent = sum(len(u.requests) for u in ups)
+    assert sent == 3 + 2  # one attempt each, plus the two retries the budget allows
+    assert codes[-1] == "retry_budget_exhausted" and statuses[-1] == 503
+    assert "retry budget" in requests.post(f"{router.url}/v1/chat/completions", timeout=10, json={
+        "model": "test-model", "messages": [{"role": "user", "content": "hi"}]}).json()["error"]["message"]
