@@ -83,7 +83,7 @@ def test_schemathesis_finds_no_server_errors(start_router, upstreams, tmp_path: 
          "--max-examples", "15", "--seed", "1", "--generation-deterministic",
          "--exclude-path-regex", "^/admin/backends",  # registering arbitrary backends is not a fuzz target
          "-H", "Authorization: Bearer admin-secret"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # its .schemathesis/ cache goes there
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Fuzzing" in result.stdout and "passed" in result.stdout and "failed" not in result.stdout
