@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.routing_info",
     "plugins.dashboard",
     "plugins.compat_api",
+    "plugins.anthropic_messages",
 )
 
 
