@@ -43,7 +43,8 @@ class Exchange:
     """A response that has started (from a backend, or an early answer with no backend);
     ``finish`` must be called exactly once."""
 
-    __slots__ = ("backend", "response", "_done", "first_byte_at", "usage_raw", "held", "attempts", "continuer")
+    __slots__ = ("backend", "response", "_done", "first_byte_at", "usage_raw", "held", "attempts", "continuer",
+                 "malformed")
 
     def __init__(self, backend: Backend | None, response: UpstreamResponse) -> None:
         self.backend = backend
@@ -61,6 +62,8 @@ class Exchange:
         #: Set when a break mid-stream can be continued on another backend: given what
         #: the client was sent, the continuation's exchange (committed), or None.
         self.continuer: Callable[[Delivered], Awaitable[Exchange | None]] | None = None
+        #: Malformed stream events dropped (not JSON, not [DONE]).
+        self.malformed = 0
 
     def finish(self, ok: bool | None) -> None:
         if not self._done:

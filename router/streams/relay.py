@@ -42,6 +42,7 @@ _FINISH_COMPACT = b'"finish_reason":"'
 _FINISH_SPACED = b'"finish_reason": "'
 _USAGE = b'"usage"'
 _ERROR_EVENT = b'data: {"error"'
+_DATA, _DATA_JSON, _DATA_DONE = b"data: ", b"data: {", b"data: [DONE]"
 _UPSTREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, UpstreamError)
 
 
@@ -141,6 +142,12 @@ async def relay_stream(
                 if _USAGE in chunk:  # the usage chunk comes last: keep it (a reference) for observers
                     exchange.usage_raw = chunk
                 tail = (tail + chunk)[-_TAIL:] if len(chunk) < _TAIL else chunk[-_TAIL:]
+                if _DATA in chunk and chunk.count(_DATA) != chunk.count(_DATA_JSON) + chunk.count(_DATA_DONE):
+                    chunk, dropped = _without_malformed(chunk)
+                    if dropped:
+                        current.malformed += dropped
+                        log.warning("dropped %d malformed event(s) from %s (request %s): not JSON, not [DONE]",
+                                    dropped, current.backend.name if current.backend else "?", request_id)
                 if splitter is None:
                     if received is None:
                         await out.write(chunk)
@@ -255,3 +262,19 @@ def as_router_error(exc: BaseException) -> RouterError:
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout("the backend stopped sending (read timeout)")
     return UpstreamError(f"the backend connection failed mid-response: {describe_failure(exc)}")
+
+
+def _without_malformed(chunk: bytes) -> tuple[bytes, int]:
+    """The chunk without its whole events whose data is neither JSON nor ``[DONE]``
+    (strict clients such as the openai SDK raise on them); how many were dropped. A piece
+    of an event split across chunks is never touched."""
+    parts = chunk.split(b"\n\n")
+    kept: list[bytes] = []
+    dropped = 0
+    for i, part in enumerate(parts):
+        whole = i < len(parts) - 1  # the last piece has no blank line after it (yet)
+        if whole and part.startswith(_DATA) and part[6:7] not in (b"{", b"[") and part != b"data: [DONE]":
+            dropped += 1
+            continue
+        kept.append(part)
+    return b"\n\n".join(kept), dropped

@@ -337,3 +337,14 @@ def test_the_retry_budget_keeps_an_outage_from_multiplying_the_load(upstreams, s
     assert codes[-1] == "retry_budget_exhausted" and statuses[-1] == 503
     assert "retry budget" in requests.post(f"{router.url}/v1/chat/completions", timeout=10, json={
         "model": "test-model", "messages": [{"role": "user", "content": "hi"}]}).json()["error"]["message"]
+
+
+def test_a_malformed_event_mid_stream_is_dropped(upstreams, start_router):
+    a = upstreams("a")
+    a.behaviour.pieces, a.behaviour.malformed_after, a.behaviour.chunk_delay_s = list(PIECES), 3, 0.02
+    router = start_router({"backends": [backend("a", a)]})
+    text, headers = streamed(router)  # the SDK raises on a malformed event: none reached it
+    assert text == ANSWER
+    body = requests.post(f"{router.url}/v1/chat/completions", timeout=10, json={
+        "model": "test-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).text
+    assert "not json" not in body and body.rstrip().endswith("data: [DONE]")
