@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.dashboard",
     "plugins.compat_api",
     "plugins.anthropic_messages",
+    "plugins.responses_api",
 )
 
 

@@ -201,6 +201,16 @@ class CacheConfig:
 
 
 @dataclasses.dataclass
+class ResponsesConfig:
+    """``responses``: what ``POST /v1/responses`` keeps for ``store: true`` (docs/apis.md)."""
+
+    #: An SQLite file (relative to the config file's folder); none: kept in memory only.
+    store: str | None = None
+    ttl_s: float = setting(30 * 86400.0, gt=0)
+    max_responses: int = setting(10000, ge=1)
+
+
+@dataclasses.dataclass
 class BackendConfig:
     name: str
     provider: str
@@ -266,6 +276,7 @@ class Config:
     auth: AuthConfig | None = None
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
     cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
+    responses: ResponsesConfig = dataclasses.field(default_factory=ResponsesConfig)
     path: str = "<memory>"
     base_dir: Path = dataclasses.field(default_factory=Path.cwd)
     #: Config key -> the environment variable that set it (not a YAML key; ``router check`` shows it).
