@@ -251,3 +251,33 @@ async def test_chat_completions_untouched(up):
             {"role": "user", "content": "x"}]})
         data = await resp.json()
     assert data["x_upstream"] == "a" and data["object"] == "chat.completion"
+
+
+async def test_stream_two_tool_calls_and_a_tool_result_with_blocks(up):
+    up.behaviour.deltas = [{}, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Pa'}}]},
+                           {"tool_calls": [{"index": 0, "function": {"arguments": 'ris"}'}}]},
+                           {"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
+                                            "function": {"name": "get_weather", "arguments": ""}}]},
+                           {"tool_calls": [{"index": 1, "function": {"arguments": '{"city": "Rome"}'}}]}]
+    up.behaviour.finish_reason = "tool_calls"
+    async with router_client(config(up)) as client:
+        api = sdk(client)
+        async with api.messages.stream(model="tiny", max_tokens=32, tools=TOOLS,
+                                       messages=[{"role": "user", "content": "Paris and Rome?"}]) as stream:
+            message = await stream.get_final_message()
+        uses = [b for b in message.content if b.type == "tool_use"]
+        assert [(u.id, u.input) for u in uses] == [("call_1", {"city": "Paris"}), ("call_2", {"city": "Rome"})]
+        up.behaviour.deltas = None
+        await api.messages.create(model="tiny", max_tokens=8, messages=[
+            {"role": "user", "content": "Paris and Rome?"},
+            {"role": "assistant", "content": [u.model_dump() for u in uses]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "18C"}]},
+                {"type": "tool_result", "tool_use_id": "call_2", "content": "no data", "is_error": True},
+                {"type": "text", "text": "Thanks."}]}])
+    sent = up.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool", "user"]
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_1", "call_2"]
+    assert sent[2:] == [{"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+                        {"role": "tool", "tool_call_id": "call_2", "content": "Error: no data"},
+                        {"role": "user", "content": "Thanks."}]

@@ -224,3 +224,19 @@ async def test_chat_completions_untouched(up):
             {"role": "user", "content": "x"}]})
         data = await resp.json()
     assert data["x_upstream"] == "a" and data["object"] == "chat.completion"
+
+
+async def test_stream_text_then_two_function_calls(up):
+    up.behaviour.deltas = [{"content": "Checking."},
+                           {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]},
+                           {"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
+                                            "function": {"name": "get_weather", "arguments": '{"ci'}}]},
+                           {"tool_calls": [{"index": 1, "function": {"arguments": 'ty": "Rome"}'}}]}]
+    up.behaviour.finish_reason = "tool_calls"
+    async with router_client(config(up)) as client:
+        async with sdk(client).responses.stream(model="tiny", input="Paris and Rome?", tools=TOOLS) as stream:
+            final = await stream.get_final_response()
+    assert [item.type for item in final.output] == ["message", "function_call", "function_call"]
+    assert final.output_text == "Checking."
+    calls = [(i.call_id, json.loads(i.arguments)) for i in final.output if i.type == "function_call"]
+    assert calls == [("call_1", {"city": "Paris"}), ("call_2", {"city": "Rome"})]
