@@ -75,6 +75,7 @@ class Behaviour:
     pieces: list[str] | None = None  # a stream's delta.content pieces, one per event
     deltas: list[dict[str, Any]] | None = None  # ... or whole deltas, one per event
     finish_reason: str | None = None  # the finish reason sent (None: stop, or tool_calls for tools)
+    choice_extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # more fields of the finishing choice
     # Streams that fail in the ways stream failover must handle.
     role_chunk: bool = False        # send a role-only chunk first (as vLLM does)
     first_token_delay_s: float = 0.0  # after the role chunk, before the first content
@@ -239,7 +240,7 @@ class FakeUpstream:
                     {"id": "call_1", "type": "function",
                      "function": {"name": tool, "arguments": '{"city": "Paris"}'}}]}
             choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": b.finish_reason or (
-                "tool_calls" if body.get("tools") else "stop")}
+                "tool_calls" if body.get("tools") else "stop"), **b.choice_extra}
             return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                     "model": body["model"], "choices": [choice], "usage": usage,
                     "x_upstream": self.name}
@@ -288,7 +289,7 @@ class FakeUpstream:
             error = {"error": {"message": "the engine failed", "type": "server_error", "code": "engine_error"}}
             events[b.error_event_after:] = [b"data: " + jsonlib.dumps(error) + b"\n\n"]
         if not b.omit_finish and b.error_event_after is None:
-            final_choice: dict[str, Any] = {"index": 0, "finish_reason": b.finish_reason or "stop"}
+            final_choice: dict[str, Any] = {"index": 0, "finish_reason": b.finish_reason or "stop", **b.choice_extra}
             if chat:
                 final_choice["delta"] = {}
             else:

@@ -281,3 +281,43 @@ async def test_stream_two_tool_calls_and_a_tool_result_with_blocks(up):
     assert sent[2:] == [{"role": "tool", "tool_call_id": "call_1", "content": "18C"},
                         {"role": "tool", "tool_call_id": "call_2", "content": "Error: no data"},
                         {"role": "user", "content": "Thanks."}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_stop_sequence_named_by_the_backend(up, stream):
+    up.behaviour.choice_extra = {"stop_reason": "END"}  # vLLM names the stop string that matched
+    up.behaviour.pieces = ["a", "b"]
+    async with router_client(config(up)) as client:
+        api = sdk(client)
+        kwargs: dict[str, Any] = {"model": "tiny", "max_tokens": 8, "stop_sequences": ["END", "STOP"],
+                                  "messages": [{"role": "user", "content": "x"}]}
+        if stream:
+            async with api.messages.stream(**kwargs) as s:
+                message = await s.get_final_message()
+        else:
+            message = await api.messages.create(**kwargs)
+        assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "END")
+        up.behaviour.choice_extra = {}
+        plain = await api.messages.create(**kwargs)
+    assert (plain.stop_reason, plain.stop_sequence) == ("end_turn", None)
+
+
+async def test_aliases_and_failover_as_for_chat():
+    a = await FakeUpstream("a", models=["real-model"]).start()
+    b = await FakeUpstream("b", models=["real-model"]).start()
+    try:
+        a.behaviour.fail_status = 500
+        async with router_client(config(a, b, aliases={"claude-sonnet-4-5": "real-model"})) as client:
+            api = sdk(client)
+            message = await api.messages.create(model="claude-sonnet-4-5", max_tokens=8,
+                                                messages=[{"role": "user", "content": "x"}])
+            b.behaviour.pieces = ["o", "k"]
+            async with api.messages.stream(model="claude-sonnet-4-5", max_tokens=8,
+                                           messages=[{"role": "user", "content": "x"}]) as stream:
+                streamed = await stream.get_final_message()
+    finally:
+        await a.stop()
+        await b.stop()
+    assert message.content[0].text == "hello from b"  # type: ignore[union-attr]
+    assert streamed.content[0].text == "ok"  # type: ignore[union-attr]
+    assert b.requests[-1]["model"] == "real-model" and a.served >= 1

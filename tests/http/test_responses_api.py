@@ -240,3 +240,17 @@ async def test_stream_text_then_two_function_calls(up):
     assert final.output_text == "Checking."
     calls = [(i.call_id, json.loads(i.arguments)) for i in final.output if i.type == "function_call"]
     assert calls == [("call_1", {"city": "Paris"}), ("call_2", {"city": "Rome"})]
+
+
+async def test_aliases_and_failover_as_for_chat():
+    a = await FakeUpstream("a", models=["real-model"]).start()
+    b = await FakeUpstream("b", models=["real-model"]).start()
+    try:
+        a.behaviour.fail_status = 500
+        async with router_client(config(a, b, aliases={"gpt-5": "real-model"})) as client:
+            response = await sdk(client).responses.create(model="gpt-5", input="x")
+    finally:
+        await a.stop()
+        await b.stop()
+    assert response.output_text == "hello from b" and response.model == "real-model"
+    assert b.requests[-1]["model"] == "real-model" and a.served >= 1
