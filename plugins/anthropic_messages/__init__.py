@@ -4,7 +4,9 @@
     POST /v1/messages               Anthropic request → chat completions → Anthropic answer
                                     (streamed: message_start, ping, content_block_start /
                                     _delta / _stop, message_delta, message_stop; error)
-    POST /v1/messages/count_tokens  {"input_tokens": N, "estimate": true}
+    POST /v1/messages/count_tokens  {"input_tokens": N}: counted by the backend when every
+                                    backend serving the model is a local engine, else an
+                                    estimate, flagged ("estimate": true)
 
 ``/v1/messages`` is an ``EndpointAdapter`` over ``/v1/chat/completions`` served by
 ``router.proxy_handler``, so model names, aliases, routing, failover, limits, keys
@@ -35,7 +37,11 @@ from router import (
 )
 
 from plugins.anthropic_messages.request import estimate_tokens, load, to_chat
-from plugins.anthropic_messages.response import ErrorBody, MessageBody, MessageStream, error_body
+from plugins.anthropic_messages.response import ErrorBody, MessageBody, MessageStream, error_body, usage
+
+#: Providers whose backends are the router's own engines: counting a prompt there (one
+#: token generated) costs nothing and uses the model's tokenizer and chat template.
+LOCAL_PROVIDERS = frozenset({"gguf", "gptq", "dynamic"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,16 +82,51 @@ def error_response(exc: RouterError) -> web.Response:
     return response
 
 
-async def count_tokens(request: web.Request) -> web.Response:
-    payload: dict[str, Any] = load(await request.read())
-    count = estimate_tokens(payload)
-    return web.Response(body=jsonlib.dumps({"input_tokens": count, "estimate": True}),
-                        content_type="application/json")
+class CountAdapter(EndpointAdapter):
+    """``count_tokens`` on a local engine: the prompt sent with ``max_tokens: 1``; its
+    ``usage.prompt_tokens`` is the count."""
+
+    def request(self, body: bytes) -> bytes:
+        return jsonlib.dumps(to_chat({**load(body), "max_tokens": 1, "stream": False}))
+
+    def response(self, request: ProxyRequest, status: int, content_type: str) -> ResponseTransform | None:
+        return ErrorBody(status) if status != 200 else CountBody()
+
+
+class CountBody(ResponseTransform):
+    def body(self, body: bytes, content_type: str) -> bytes:
+        try:
+            data = jsonlib.loads(body)
+        except ValueError:
+            return jsonlib.dumps(error_body(502, "the backend's answer is not JSON"))
+        return jsonlib.dumps({"input_tokens": usage(data.get("usage") if isinstance(data, dict) else None)
+                              ["input_tokens"]})
+
+
+def count_tokens(router: RouterView) -> Handler:
+    exact = proxy_handler("chat/completions", CountAdapter())
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        payload: dict[str, Any] = load(await request.read())
+        count = estimate_tokens(payload)  # validates the body too
+        if _local(router, str(payload["model"])):
+            return await exact(request)
+        return web.Response(body=jsonlib.dumps({"input_tokens": count, "estimate": True}),
+                            content_type="application/json")
+
+    return handler
+
+
+def _local(router: RouterView, model: str) -> bool:
+    """Whether every backend serving ``model`` (or what it aliases) is a local engine."""
+    names = {model, router.resolve(model)}
+    backends = [b for model_id, _, serving in router.models() if model_id in names for b in serving]
+    return bool(backends) and all(router.backends[b].provider in LOCAL_PROVIDERS for b in backends)
 
 
 @hookimpl
 def register_routes(register: Callable[[Route], None], router: RouterView) -> None:
     register(Route("POST", "/v1/messages", anthropic_errors(proxy_handler("chat/completions", MessagesAdapter())),
                    "Anthropic Messages, over chat completions"))
-    register(Route("POST", "/v1/messages/count_tokens", anthropic_errors(count_tokens),
-                   "Anthropic token count (an estimate: about 4 characters a token)"))
+    register(Route("POST", "/v1/messages/count_tokens", anthropic_errors(count_tokens(router)),
+                   "Anthropic token count (by a local engine, else an estimate)"))

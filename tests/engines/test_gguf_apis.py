@@ -50,6 +50,9 @@ def test_messages_create_and_stream(router: RouterProcess) -> None:
         final = stream.get_final_message()
     assert "".join(pieces) == REPLY and final.content[0].text == REPLY  # type: ignore[union-attr]
     assert final.usage.output_tokens == len(SENTENCE)
+    count = client.messages.count_tokens(model="chat", messages=[{"role": "user", "content": "hi"}])
+    assert count.input_tokens == message.usage.input_tokens  # the engine's tokenizer, not an estimate
+    assert count.model_extra == {}
     cut = client.messages.create(model="chat", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
     assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 3
 
