@@ -321,3 +321,18 @@ async def test_aliases_and_failover_as_for_chat():
     assert message.content[0].text == "hello from b"  # type: ignore[union-attr]
     assert streamed.content[0].text == "ok"  # type: ignore[union-attr]
     assert b.requests[-1]["model"] == "real-model" and a.served >= 1
+
+
+async def test_think_tags_become_thinking_blocks_through_the_reasoning_plugin(up):
+    up.behaviour.pieces = ["<think>mull", "ing</think>", "Hel", "lo"]
+    async with router_client(config(up)) as client:
+        async with sdk(client).messages.stream(model="tiny", max_tokens=32,
+                                               messages=[{"role": "user", "content": "Hi"}]) as stream:
+            message = await stream.get_final_message()
+        up.behaviour.content = "<think>short</think>Hi!"
+        whole = await sdk(client).messages.create(model="tiny", max_tokens=32,
+                                                  messages=[{"role": "user", "content": "Hi"}])
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content] == [
+        ("thinking", "mulling"), ("text", "Hello")]
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in whole.content] == [
+        ("thinking", "short"), ("text", "Hi!")]

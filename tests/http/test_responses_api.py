@@ -254,3 +254,13 @@ async def test_aliases_and_failover_as_for_chat():
         await b.stop()
     assert response.output_text == "hello from b" and response.model == "real-model"
     assert b.requests[-1]["model"] == "real-model" and a.served >= 1
+
+
+async def test_think_tags_become_reasoning_items_through_the_reasoning_plugin(up):
+    up.behaviour.pieces = ["<think>mull", "ing</think>", "Hel", "lo"]
+    async with router_client(config(up)) as client:
+        async with sdk(client).responses.stream(model="tiny", input="Hi") as stream:
+            final = await stream.get_final_response()
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].content[0].text == "mulling"  # type: ignore[union-attr,index]
+    assert final.output_text == "Hello"
