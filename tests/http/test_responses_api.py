@@ -6,6 +6,8 @@ accumulator, which raises on an inconsistent sequence) against fake upstreams on
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -194,7 +196,7 @@ async def test_streamed_response_is_stored(up):
     assert got.output_text == "ab" and got.status == "completed"
 
 
-async def test_store_is_bounded_by_count_and_ttl(up):
+async def test_store_is_bounded_by_count(up):
     async with router_client(config(up, responses={"max_responses": 2})) as client:
         api = sdk(client)
         ids = [(await api.responses.create(model="tiny", input=str(i))).id for i in range(3)]
@@ -264,3 +266,21 @@ async def test_think_tags_become_reasoning_items_through_the_reasoning_plugin(up
     assert [item.type for item in final.output] == ["reasoning", "message"]
     assert final.output[0].content[0].text == "mulling"  # type: ignore[union-attr,index]
     assert final.output_text == "Hello"
+
+
+async def test_expired_responses_are_gone_after_a_restart(up, tmp_path: Path):
+    path = tmp_path / "responses.db"
+    cfg = config(up, responses={"store": str(path), "ttl_s": 3600})
+    async with router_client(cfg) as client:
+        api = sdk(client)
+        old = await api.responses.create(model="tiny", input="old")
+        new = await api.responses.create(model="tiny", input="new")
+    with sqlite3.connect(path) as db:  # the first was written two hours ago
+        db.execute("UPDATE responses SET created = ? WHERE id = ?", (time.time() - 7200, old.id))
+    async with router_client(cfg) as client:
+        api = sdk(client)
+        with pytest.raises(openai.NotFoundError):
+            await api.responses.retrieve(old.id)
+        assert (await api.responses.retrieve(new.id)).id == new.id
+    with sqlite3.connect(path) as db:
+        assert [row[0] for row in db.execute("SELECT id FROM responses")] == [new.id]
