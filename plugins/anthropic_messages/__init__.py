@@ -19,6 +19,7 @@ docs/apis.md has every field.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ from plugins.anthropic_messages.response import ErrorBody, MessageBody, MessageS
 LOCAL_PROVIDERS = frozenset({"gguf", "gptq", "dynamic"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("router")
 
 
 class MessagesAdapter(EndpointAdapter):
@@ -68,6 +70,11 @@ def anthropic_errors(handler: Handler) -> Handler:
             return await handler(request)
         except RouterError as exc:
             return error_response(exc)
+        except web.HTTPException:
+            raise
+        except Exception:  # noqa: BLE001 - a bug still answers in the client's shape
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(RouterError("internal router error; see the router's log"))
 
     view.__name__ = getattr(handler, "__name__", "anthropic")
     view.authenticates = getattr(handler, "authenticates", False)  # type: ignore[attr-defined]
