@@ -129,6 +129,8 @@ class RoutingConfig:
     #: A stream broken after content reached the client is continued on another backend
     #: that accepts an assistant prefill (``continuation``) at most this many times.
     max_continuations: int = setting(1, ge=0)
+    #: Model globs whose streams are never continued (the per-model opt-out).
+    no_continuation: list[str] = dataclasses.field(default_factory=list)
     #: Retries and hedges together add at most this share of the requests of the last
     #: 10 s (plus retry_budget_min); beyond, a request fails fast (None: off).
     retry_budget_pct: float | None = setting(None, ge=0)

@@ -9,6 +9,7 @@ another backend (never one already tried) with tenacity, up to ``routing.retries
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import time
 from collections.abc import Awaitable, Callable
 
@@ -136,7 +137,9 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
     if options is not None:
         request.update_payload()  # the body is sent without it
     continuable = (request.stream and request.endpoint == "chat/completions" and routing.max_continuations > 0
-                   and not (isinstance(options, dict) and options.get("continuation") is False))
+                   and not (isinstance(options, dict) and options.get("continuation") is False)
+                   and not (routing.no_continuation
+                            and any(fnmatch.fnmatchcase(request.target_model, g) for g in routing.no_continuation)))
     #: Only a context_length_exceeded narrows the candidates: to contexts above this.
     context_floor: list[int | None] = []
 

@@ -41,6 +41,14 @@ class RouterCollector:
         yield CounterMetricFamily(
             "router_retries", "Extra attempts made on another backend (failover).", value=stats.retries
         )
+        yield CounterMetricFamily(
+            "router_continuations", "Streams broken mid-answer and continued on another backend.",
+            value=stats.continuations,
+        )
+        yield CounterMetricFamily(
+            "router_hedges", "Second attempts started because the first had no first token in time.",
+            value=stats.hedges,
+        )
         responses = CounterMetricFamily(
             "router_responses", "Client responses by HTTP status.", labels=["code"]
         )

@@ -348,3 +348,22 @@ def test_a_malformed_event_mid_stream_is_dropped(upstreams, start_router):
     body = requests.post(f"{router.url}/v1/chat/completions", timeout=10, json={
         "model": "test-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).text
     assert "not json" not in body and body.rstrip().endswith("data: [DONE]")
+
+
+def test_continuation_can_be_turned_off_per_model(upstreams, start_router):
+    router, a, b = continuing(upstreams, start_router, no_continuation=["test-*"])
+    a.behaviour.die_after_chunks = 2
+    events, text = raw_stream(router)
+    assert "upstream_error" in text and b.requests == []
+
+
+def test_continuations_and_hedges_are_metrics(upstreams, start_router):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    router, a, b = continuing(upstreams, start_router)
+    a.behaviour.chunk_delay_s, a.behaviour.die_after_chunks = 0.02, 2
+    text, _ = streamed(router)
+    assert text == ANSWER
+    metrics = {s.name: s.value for f in text_string_to_metric_families(
+        requests.get(f"{router.url}/metrics", timeout=5).text) for s in f.samples}
+    assert metrics["router_continuations_total"] == 1 and metrics["router_hedges_total"] == 0
