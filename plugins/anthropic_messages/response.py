@@ -126,6 +126,8 @@ class MessageStream(ResponseTransform):
     """Chat chunks → ``message_start``, ``content_block_*`` (text, thinking, tool_use with
     ``input_json_delta``), ``message_delta``, ``message_stop``; an error → ``error``."""
 
+    renders_end = True
+
     def __init__(self, stops: list[str]) -> None:
         self.stops = stops
         self.started = False
@@ -222,6 +224,9 @@ class MessageStream(ResponseTransform):
     def _fail(self, message: str) -> list[SSEEvent]:
         self.closed = True
         return [_event("error", error_body(500, message))]
+
+    def failed(self, message: str) -> Iterable[SSEEvent]:
+        return () if self.closed else self._fail(message)
 
     def end(self) -> Iterable[SSEEvent]:
         if self.closed:

@@ -131,6 +131,8 @@ class ResponseStream(ResponseTransform):
     ``response.completed`` (``response.incomplete`` at the token limit); a break →
     ``response.failed``."""
 
+    renders_end = True
+
     def __init__(self, pending: Pending, store: ResponseStore) -> None:
         self.pending = pending
         self.store = store
@@ -285,6 +287,9 @@ class ResponseStream(ResponseTransform):
                             error={"code": "server_error", "message": message})
         out.append(self._event("response.failed", {"response": response}))
         return out
+
+    def failed(self, message: str) -> Iterable[SSEEvent]:
+        return () if self.closed else self._fail(message)
 
     def end(self) -> Iterable[SSEEvent]:
         if self.closed:

@@ -205,14 +205,20 @@ async def relay_stream(
                     log.warning("stream from %s failed mid-way (request %s): %s (%r)",
                                 current.backend.name if current.backend else "an early answer", request_id,
                                 failure.message, cause.__cause__ or cause if cause is not None else None)
-                if splitter is not None:
+                renders_end = chain is not None and chain.renders_end
+                if splitter is not None or renders_end:
+                    assert chain is not None
                     try:
-                        closing = chain.events(splitter.flush()) + chain.end() if chain is not None else []
+                        closing = chain.events(splitter.flush()) if splitter is not None else []
+                        if renders_end:  # another API's stream: it says so in its own events
+                            closing += chain.failed(failure.message)
+                        closing += chain.end()
                     except Exception:  # noqa: BLE001 - the stream is failing anyway
                         closing = []
                     if closing:
                         await out.write(b"".join(e.encode() for e in closing))
-                await out.write(_error_event(failure, at_boundary))
+                if not renders_end:
+                    await out.write(_error_event(failure, at_boundary))
             break
         if ok is None and not transform_failed:
             if chain is not None and splitter is not None:
@@ -232,7 +238,8 @@ async def relay_stream(
                 rest = rejoin.flush()
                 if rest:
                     await out.write(rest)
-            if not tail.rstrip().endswith(b"[DONE]") and not transform_failed:
+            if not tail.rstrip().endswith(b"[DONE]") and not transform_failed \
+                    and not (chain is not None and chain.renders_end):
                 # a proper finish without [DONE] (some servers omit it): add it
                 await out.write((b"" if at_boundary else b"\n\n") + SSE_DONE)
         if ok is None:

@@ -11,7 +11,7 @@ Several transforms chain in hook order: the output of one is the input of the ne
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from router.streams.sse import SSEEvent
 
@@ -23,6 +23,10 @@ class ResponseTransform:
     #: for ``end``): when every transform has, the relay stops splitting the stream and
     #: forwards the backend's bytes as they come, as with no transform.
     passthrough: bool = False
+    #: Set it when the transform renders the stream in another API (Anthropic's events,
+    #: the Responses API's): it writes the stream's end and its failure itself (``end``,
+    #: ``failed``), and the relay adds neither OpenAI's error event nor ``[DONE]``.
+    renders_end: bool = False
 
     def body(self, body: bytes, content_type: str) -> bytes:
         """A whole (non-streamed) response body, as bytes; return the body to send."""
@@ -35,6 +39,11 @@ class ResponseTransform:
 
     def end(self) -> Iterable[SSEEvent]:
         """The upstream stream ended: events to send last (e.g. text held back)."""
+        return ()
+
+    def failed(self, message: str) -> Iterable[SSEEvent]:
+        """The stream failed after it started (``renders_end`` transforms): the events
+        that say so in its API. ``end`` is called after it."""
         return ()
 
 
@@ -61,11 +70,22 @@ class TransformChain:
             out = [produced for event in out for produced in transform.event(event)]
         return out
 
+    @property
+    def renders_end(self) -> bool:
+        return any(t.renders_end for t in self.transforms)
+
+    def failed(self, message: str) -> list[SSEEvent]:
+        """Each transform's failure events, passed through the transforms after it."""
+        return self._tails(lambda t: t.failed(message))
+
     def end(self) -> list[SSEEvent]:
         """Each transform's tail, passed through the transforms after it."""
+        return self._tails(lambda t: t.end())
+
+    def _tails(self, of: Callable[[ResponseTransform], Iterable[SSEEvent]]) -> list[SSEEvent]:
         out: list[SSEEvent] = []
         for i, transform in enumerate(self.transforms):
-            tail = list(transform.end())
+            tail = list(of(transform))
             for later in self.transforms[i + 1:]:
                 tail = [produced for event in tail for produced in later.event(event)]
             out += tail

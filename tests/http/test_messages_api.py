@@ -336,3 +336,15 @@ async def test_think_tags_become_thinking_blocks_through_the_reasoning_plugin(up
         ("thinking", "mulling"), ("text", "Hello")]
     assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in whole.content] == [
         ("thinking", "short"), ("text", "Hi!")]
+
+
+async def test_a_failed_stream_ends_in_anthropic_events_only(up):
+    up.behaviour.pieces = ["one ", "two ", "three "]
+    up.behaviour.error_event_after = 2
+    up.behaviour.chunk_delay_s = 0.05
+    async with router_client(config(up)) as client:
+        resp = await client.post("/v1/messages", json={"model": "tiny", "max_tokens": 20, "stream": True,
+                                                       "messages": [{"role": "user", "content": "Hi"}]})
+        text = await resp.text()
+    assert "event: error" in text
+    assert "[DONE]" not in text and '"error":{"message"' not in text  # no OpenAI error event appended
