@@ -251,7 +251,6 @@ class _Loader:
                                  f"the same key as auth.keys[{secrets[entry.key]}]: each key must be its own")
             secrets[entry.key] = i
 
-
     def check_strategies(self, routing: tuple[yaml.Node, yaml.Node] | None) -> None:
         if routing is None or not self.strategies:
             return
@@ -383,7 +382,6 @@ def apply_env(cfg: Config, environ: Mapping[str, str], file: str) -> None:
                 raise bad(var, f"must be {broken} (it sets {path}), got {value!r}")
         setattr(section, name, value)
         cfg.from_env[path] = var
-
 
 
 def parse_backend(
