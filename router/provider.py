@@ -150,6 +150,19 @@ class Provider(abc.ABC):
         unreachable, times out before the first byte, or fails to start.
         """
 
+    async def load_model(self, model: str) -> None:
+        """Load ``model`` now (``POST /admin/backends/{name}/models/{model}/load``), for
+        providers that load on demand; others have nothing to load."""
+        from router.errors import NotFound
+
+        raise NotFound(f"backend {self.name!r} does not load models on demand")
+
+    async def unload_model(self, model: str) -> bool:
+        """Unload ``model`` if it is idle; False if a request holds it (or it is not loaded)."""
+        from router.errors import NotFound
+
+        raise NotFound(f"backend {self.name!r} does not load models on demand")
+
     def is_warm(self, model: str) -> bool:
         """Whether ``model`` can be served now without a load (asked only when
         ``loads_on_demand``)."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from aiohttp import web
 
@@ -71,6 +72,32 @@ async def remove_backend(request: web.Request) -> web.Response:
     return json_response({"removed": name})
 
 
+def _backend_of(request: web.Request) -> Any:
+    name = request.match_info["name"]
+    backend = request.app[STATE].backends.backends.get(name)
+    if backend is None:
+        raise NotFound(f"no backend named {name!r}")
+    return backend
+
+
+async def load_model(request: web.Request) -> web.Response:
+    """Load a local model now (gguf, gptq: its worker is started), as a request would."""
+    backend = _backend_of(request)
+    model = request.match_info["model"]
+    await backend.provider.load_model(model)
+    return json_response({"backend": backend.name, "model": model, "status": "loaded"})
+
+
+async def unload_model(request: web.Request) -> web.Response:
+    """Unload a local model now if no request holds it (409 if one does)."""
+    backend = _backend_of(request)
+    model = request.match_info["model"]
+    if not await backend.provider.unload_model(model):
+        raise Conflict(f"model {model!r} of backend {backend.name!r} is in use or not loaded; "
+                       "it is unloaded when idle past its TTL", param="model")
+    return json_response({"backend": backend.name, "model": model, "status": "unloaded"})
+
+
 async def queue(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return json_response(
@@ -98,5 +125,9 @@ def routes() -> list[Route]:
         Route("GET", "/admin/backends", guarded(list_backends), "the live backends"),
         Route("POST", "/admin/backends", guarded(add_backend), "register a backend (same fields as YAML)"),
         Route("DELETE", "/admin/backends/{name}", guarded(remove_backend), "drain and remove a backend"),
+        Route("POST", "/admin/backends/{name}/models/{model:.+}/load", guarded(load_model),
+              "load a local model now (gguf, gptq)"),
+        Route("POST", "/admin/backends/{name}/models/{model:.+}/unload", guarded(unload_model),
+              "unload an idle local model now (gguf, gptq)"),
         Route("GET", "/admin/queue", guarded(queue), "queue depths"),
     ]

@@ -234,6 +234,22 @@ class WorkerProvider(Provider, Generic[E, S]):
         503 with the reason, not 404."""
         return [ModelCard(id=self.model_id(self.settings_for(e)), owned_by=self.engine) for e in self.entries()]
 
+    def _known(self, model: str) -> None:
+        if model not in self.models:
+            self.refresh()
+        if model not in self.models:
+            raise ModelNotFound(f"model {model!r} is not in backend {self.name!r}", param="model")
+
+    async def load_model(self, model: str) -> None:
+        self._known(model)
+        if (error := self._unservable()) is not None:
+            raise error
+        await self.pool.preload(model)
+
+    async def unload_model(self, model: str) -> bool:
+        self._known(model)
+        return await self.pool.unload(model)
+
     def is_warm(self, model: str) -> bool:
         local = self.models.get(model)
         return local is not None and local.process.alive()

@@ -82,3 +82,29 @@ async def test_a_killed_worker_mid_stream_is_continued_by_another_backend(model:
         assert text == expected  # nothing duplicated, nothing missing
         status = await (await client.get("/status", headers={"Authorization": "Bearer k"})).json()
         assert status["continuations"] == 1
+
+
+async def test_local_models_are_loaded_and_unloaded_through_the_admin_api(model: Path) -> None:
+    config = {"server": {"admin_key": "k"}, "backends": [{**backend("one", model), "models": [
+        {"name": "tiny", "path": str(model), "n_ctx": 512}]}]}
+    admin = {"Authorization": "Bearer k"}
+
+    async def state() -> str:
+        status = await (await client.get("/status", headers=admin)).json()
+        return str(status["backends"][0]["provider_status"]["models"]["tiny"]["state"])
+
+    async with router_client(config) as client:
+        assert await state() == "stopped"
+        resp = await client.post("/admin/backends/one/models/tiny/load", headers=admin)
+        assert resp.status == 200 and (await resp.json())["status"] == "loaded"
+        assert await state() == "ready"
+        resp = await client.post("/admin/backends/one/models/tiny/unload", headers=admin)
+        assert resp.status == 200 and await state() == "stopped"
+        resp = await client.post("/admin/backends/one/models/tiny/unload", headers=admin)
+        assert resp.status == 409  # not loaded
+        resp = await client.post("/admin/backends/one/models/nope/load", headers=admin)
+        assert resp.status == 404 and (await resp.json())["error"]["code"] == "model_not_found"
+        resp = await client.post("/admin/backends/nope/models/tiny/load", headers=admin)
+        assert resp.status == 404
+        resp = await client.post("/admin/backends/one/models/tiny/load")
+        assert resp.status == 401

@@ -281,6 +281,26 @@ def test_models_shows_loaded_models_and_unloads_one(page: Page, tmp_path: Path,
     assert [m["model"] for m in get(router, "/v1/models/loaded")[1]["loaded_models"]] == ["b.gguf"]
 
 
+def test_models_loads_and_unloads_a_local_gguf_worker(page: Page, tmp_path: Path,
+                                                      start_router: Callable[..., RouterServer]) -> None:
+    from plugins.gguf.demo import write_demo_model
+
+    model = write_demo_model(tmp_path / "tiny.gguf")
+    local = {"name": "local", "provider": "gguf", "n_threads": 1, "models": [{"name": "tiny", "path": str(model)}]}
+    router = start_router(ui_config(local))
+    sign_in(page, router, "/ui/models")
+    row = page.locator('tr[data-model="tiny"]')
+    expect(row.locator('[data-field="loaded"]')).to_have_text("not loaded")
+    row.get_by_role("button", name="Load tiny").click()
+    expect(row.locator('[data-field="loaded"]')).to_have_text("loaded", timeout=30_000)
+    status = get(router, "/status", ADMIN)[1]
+    assert status["backends"][0]["provider_status"]["models"]["tiny"]["state"] == "ready"
+    row.get_by_role("button", name="Unload tiny").click()
+    expect(row.locator('[data-field="loaded"]')).to_have_text("not loaded")
+    status = get(router, "/status", ADMIN)[1]
+    assert status["backends"][0]["provider_status"]["models"]["tiny"]["state"] == "stopped"
+
+
 def test_downloads_start_show_progress_and_cancel(page: Page, tmp_path: Path, bg: BackgroundLoop,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   start_router: Callable[..., RouterServer], shots: Path) -> None:

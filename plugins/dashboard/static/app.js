@@ -203,18 +203,24 @@ const models = {
       const providers = Object.fromEntries(status.backends.map(b => [b.name, b.provider]));
       const dynamic = status.backends.some(b => b.provider === "dynamic");
       const loaded = dynamic ? (await api("/v1/models/loaded")).loaded_models : [];
-      return { list: list.data, providers, loaded };
+      // Local workers' live state (gguf, gptq), by backend and model.
+      const workers = Object.fromEntries(status.backends.map(b => [b.name, (b.provider_status || {}).models || {}]));
+      return { list: list.data, providers, loaded, workers };
     }, true);
     if (!result) return;
-    const { list, providers, loaded } = result;
+    const { list, providers, loaded, workers } = result;
     const aliases = {};
     for (const m of list) if (m.root) (aliases[m.root] = aliases[m.root] || []).push(m.id);
     const rows = list.filter(m => !m.root).map(m => {
       const backends = m.backends || [];
       const dyn = backends.find(b => providers[b] === "dynamic");
+      const local = dyn ? undefined : backends.find(b => LOCAL_PROVIDERS.includes(providers[b]));
       const entry = loaded.find(e => e.model === m.id || e.model_path === m.id);
       let state = "–";
+      const worker = local ? (workers[local] || {})[m.id] : undefined;
+      const up = worker ? worker.state === "ready" : Boolean(m.loaded);
       if (dyn) state = entry ? entry.state : "not loaded";
+      else if (worker) state = worker.state === "ready" ? "loaded" : worker.state === "starting" ? "loading" : "not loaded";
       else if (m.loaded !== undefined) state = m.loaded ? "loaded" : "not loaded";
       else state = "served";
       const ttl = entry ? (entry.ttl === 0 ? "never unloads" : entry.ttl_remaining === null ? "in use" : secs(entry.ttl_remaining)) : "–";
@@ -223,6 +229,8 @@ const models = {
         onclick: () => modelAction("load", m.id, dyn), text: "Load" }));
       if (dyn && entry) actions.push(el("button", { type: "button", "aria-label": `Unload ${m.id}`,
         onclick: () => modelAction("unload", m.id, dyn), text: "Unload" }));
+      if (local) actions.push(el("button", { type: "button", "aria-label": `${up ? "Unload" : "Load"} ${m.id}`,
+        onclick: () => localAction(up ? "unload" : "load", m.id, local), text: up ? "Unload" : "Load" }));
       return el("tr", { "data-model": m.id },
         el("th", { scope: "row", class: "wrap", text: m.id }),
         el("td", { text: backends.join(", ") }),
@@ -234,6 +242,16 @@ const models = {
     $("#models tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6, text: "No models yet." }))]));
   },
 };
+
+// Local engines (gguf, gptq): their workers are started and stopped through the admin API.
+const LOCAL_PROVIDERS = ["gguf", "gptq"];
+async function localAction(action, model, backend) {
+  notice(action === "load" ? `Loading ${model} on ${backend}…` : `Unloading ${model} on ${backend}…`);
+  const path = `/admin/backends/${encodeURIComponent(backend)}/models/${encodeURIComponent(model)}/${action}`;
+  const done = await attempt(() => api(path, { method: "POST" }));
+  notice(done ? `${model}: ${done.status}` : "");
+  models.refresh();
+}
 
 async function modelAction(action, model, backend) {
   notice(action === "load" ? `Loading ${model}…` : `Unloading ${model} (after its requests finish)…`);
