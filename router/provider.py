@@ -122,6 +122,8 @@ class Provider(abc.ABC):
     loads_on_demand: ClassVar[bool] = False
     #: Whether it continues a trailing assistant message by default (``continuation``).
     continues_prefill: ClassVar[bool] = False
+    #: The APIs it serves natively by default (``apis``).
+    default_apis: ClassVar[tuple[str, ...]] = ("chat", "completions", "embeddings")
     #: Common backend keys this provider cannot work without (e.g. ``base_url``).
     required_keys: ClassVar[tuple[str, ...]] = ()
 

@@ -17,6 +17,8 @@ from router.provider import UpstreamRequest
 
 # Headers a client may send that are meant for the backend too.
 FORWARDED_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
+#: Also forwarded to a backend that serves the client's API natively (Anthropic's).
+NATIVE_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
 class AttemptLog(list[str]):
@@ -37,7 +39,7 @@ class ProxyRequest:
     __slots__ = (
         "endpoint", "body", "payload", "model", "target_model", "stream",
         "request_id", "headers", "started", "identity", "context", "response_headers", "_body_dirty",
-        "first_byte_at", "usage_raw", "error_code", "attempts",
+        "first_byte_at", "usage_raw", "error_code", "attempts", "native",
     )
 
     def __init__(self, endpoint: str, request_id: str, headers: Mapping[str, str],
@@ -65,6 +67,9 @@ class ProxyRequest:
         #: for one that failed (sent as X-Router-Attempts); ``attempts.ended`` says when
         #: each attempt was settled (for traces).
         self.attempts: AttemptLog = AttemptLog()
+        #: For another API's route (``EndpointAdapter.api``): the API, its endpoint below
+        #: ``/v1`` and the client's own body, for backends that serve it natively.
+        self.native: tuple[str, str, bytes] | None = None
         self.payload: dict[str, Any] = {}
         #: The model the client named ("" until parsed), and after global aliases.
         self.model = ""
@@ -144,8 +149,25 @@ class ProxyRequest:
             return self.headers.get(source[7:]) or None
         return None
 
-    def upstream(self, served_model: str) -> UpstreamRequest:
-        """The request as sent to a backend that calls the model ``served_model``."""
+    def _native(self, served_model: str, api: str, endpoint: str, original: bytes) -> UpstreamRequest:
+        body = original
+        payload = jsonlib.loads(original)  # parsed by the adapter already: valid JSON
+        if payload.get("model") != served_model:  # a backend's own name for the model
+            payload["model"] = served_model
+            body = jsonlib.dumps(payload)
+        headers = {"X-Request-ID": self.request_id}
+        for name in (*FORWARDED_HEADERS, *NATIVE_HEADERS):
+            value = self.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        return UpstreamRequest(endpoint=endpoint, body=body, payload=payload, model=served_model,
+                               stream=self.stream, request_id=self.request_id, headers=headers)
+
+    def upstream(self, served_model: str, native: bool = False) -> UpstreamRequest:
+        """The request as sent to a backend that calls the model ``served_model``
+        (``native``: in the client's own API, as the client sent it)."""
+        if native and self.native is not None:
+            return self._native(served_model, *self.native)
         body = self.body
         if served_model != self.model or self._body_dirty:
             payload = self.payload if served_model == self.payload.get("model") else {

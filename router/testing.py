@@ -83,6 +83,41 @@ class Behaviour:
     malformed_after: int | None = None    # after this many events, a malformed (non-JSON) event
 
 
+_MESSAGE = {"id": "msg_native", "type": "message", "role": "assistant", "model": "native-model",
+            "content": [{"type": "text", "text": "native hello"}], "stop_reason": "end_turn",
+            "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 2}}
+_MESSAGE_STREAM = [
+    ("message_start", {"type": "message_start", "message": {**_MESSAGE, "content": [], "stop_reason": None,
+                                                            "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "native "}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "hello"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                       "usage": {"output_tokens": 2}}),
+    ("message_stop", {"type": "message_stop"}),
+]
+_RESPONSE = {"id": "resp_native", "object": "response", "created_at": 1, "status": "completed", "model": "native-model",
+             "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                         "content": [{"type": "output_text", "text": "native hello", "annotations": []}]}],
+             "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+             "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5,
+                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}}
+#: What a fake upstream answers on /v1/messages and /v1/responses (whole, streamed).
+NATIVE_ANSWERS: dict[str, tuple[bytes, bytes]] = {
+    "messages": (json.dumps(_MESSAGE).encode(),
+                 b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in _MESSAGE_STREAM)),
+    "responses": (json.dumps(_RESPONSE).encode(),
+                  b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in (
+                      ("response.created", {"type": "response.created", "sequence_number": 0,
+                                            "response": {**_RESPONSE, "status": "in_progress", "output": []}}),
+                      ("response.completed", {"type": "response.completed", "sequence_number": 1,
+                                              "response": _RESPONSE})))),
+}
+
+
 class FakeUpstream:
     """An OpenAI-compatible server on 127.0.0.1 for tests and benchmarks."""
 
@@ -91,6 +126,10 @@ class FakeUpstream:
         self.models = list(models or ["test-model"])
         self.behaviour = Behaviour()
         self.requests: list[dict[str, Any]] = []
+        #: Requests to the native /v1/messages and /v1/responses: (api, raw body, headers).
+        self.native_bodies: list[tuple[str, bytes, dict[str, str]]] = []
+        #: Their answers: api -> (whole body, stream body).
+        self.native_answers: dict[str, tuple[bytes, bytes]] = dict(NATIVE_ANSWERS)
         self.headers_seen: list[dict[str, str]] = []
         self.record = True  # keep every request (off for long runs: the soak)
         self.served = 0
@@ -112,7 +151,30 @@ class FakeUpstream:
         }
         add_routes(app, openai_routes(handlers.__getitem__, self.list_models))
         app.router.add_get("/health", self.health)
+        for api in NATIVE_ANSWERS:
+            app.router.add_post(f"/v1/{api}", self._native(api))
         return app
+
+    def _native(self, api: str) -> Handler:
+        """``POST /v1/messages`` and ``/v1/responses``, served natively: the raw body is
+        kept (``native_bodies``) and the answer is ``native_answers[api]`` (stream or not)."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            raw = await request.read()
+            self.native_bodies.append((api, raw, dict(request.headers)))
+            self.served += 1
+            stream = bool(json.loads(raw).get("stream"))
+            body = self.native_answers[api][1 if stream else 0]
+            if not stream:
+                return web.Response(body=body, content_type="application/json")
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for piece in body.split(b"\n\n"):
+                if piece:
+                    await response.write(piece + b"\n\n")
+            return response
+
+        return handler
 
     async def start(self, port: int = 0) -> FakeUpstream:
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)

@@ -49,6 +49,9 @@ log = logging.getLogger("router")
 
 
 class MessagesAdapter(EndpointAdapter):
+    api = "messages"  # a backend declaring it in ``apis`` gets the request as sent
+    native_endpoint = "messages"
+
     def request(self, body: bytes) -> bytes:
         return jsonlib.dumps(to_chat(load(body)))
 

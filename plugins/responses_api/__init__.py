@@ -45,6 +45,9 @@ _PENDING: contextvars.ContextVar[Pending | None] = contextvars.ContextVar("respo
 
 
 class ResponsesAdapter(EndpointAdapter):
+    api = "responses"  # a backend declaring it in ``apis`` gets the request as sent
+    native_endpoint = "responses"
+
     def __init__(self, store: ResponseStore) -> None:
         self.store = store
 

@@ -164,7 +164,11 @@ class _Loader:
             raise self.error(key, node, f"must be greater than {meta['gt']:g}, got {value!r}")
         if meta.get("le") is not None and value > meta["le"]:
             raise self.error(key, node, f"must be at most {meta['le']:g}, got {value!r}")
-        if meta.get("choices") and value not in meta["choices"]:
+        if meta.get("choices") and isinstance(value, list):
+            for item in value:
+                if item not in meta["choices"]:
+                    raise self.error(key, node, f"each item must be one of {', '.join(meta['choices'])}, got {item!r}")
+        elif meta.get("choices") and value not in meta["choices"]:
             raise self.error(key, node, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
         if meta.get("length") is not None and (len(value) != meta["length"] or not all(value)):
             raise self.error(key, node, f"must be a list of exactly {meta['length']} non-empty items, got {value!r}")

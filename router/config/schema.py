@@ -233,6 +233,10 @@ class BackendConfig:
     #: Whether it continues a trailing assistant message (a prefill), so a broken stream
     #: can go on here (None: the provider's default; true for the local engines).
     continuation: bool | None = None
+    #: The APIs it serves natively: a /v1/messages or /v1/responses request goes to such a
+    #: backend as the client sent it (byte for byte), to the others translated to chat
+    #: completions (None: the provider's default; openai_compatible: chat, completions, embeddings).
+    apis: list[str] | None = setting(None, choices=("chat", "completions", "embeddings", "responses", "messages"))
     headers: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     reasoning: ReasoningConfig = dataclasses.field(default_factory=ReasoningConfig)

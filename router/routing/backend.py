@@ -131,6 +131,8 @@ class Backend:
         )
         #: Whether a broken stream may be continued here (an assistant prefill).
         self.continuation = config.continuation if config.continuation is not None else provider.continues_prefill
+        #: The APIs served natively (``apis``): others are translated to chat completions.
+        self.apis = frozenset(config.apis if config.apis is not None else provider.default_apis)
         #: What hooks and strategies see of this backend (read-only, built once).
         self.view = BackendView(self)
 

@@ -45,7 +45,7 @@ class Exchange:
     ``finish`` must be called exactly once."""
 
     __slots__ = ("backend", "response", "_done", "first_byte_at", "usage_raw", "held", "attempts", "continuer",
-                 "malformed")
+                 "malformed", "native")
 
     def __init__(self, backend: Backend | None, response: UpstreamResponse) -> None:
         self.backend = backend
@@ -65,6 +65,8 @@ class Exchange:
         self.continuer: Callable[[Delivered], Awaitable[Exchange | None]] | None = None
         #: Malformed stream events dropped (not JSON, not [DONE]).
         self.malformed = 0
+        #: Sent in the client's own API to a backend that serves it (relayed untouched).
+        self.native = False
 
     def finish(self, ok: bool | None) -> None:
         if not self._done:
@@ -149,13 +151,13 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         known = _context_length(b, b.config.aliases.get(target, target))
         return known is None or context_floor[0] is None or known > context_floor[0]
 
-    async def send(backend: Backend, served_model: str) -> UpstreamResponse:
+    async def send(backend: Backend, served_model: str, native: bool = False) -> UpstreamResponse:
         """Send, retrying the same backend for what a second try usually cures (a 429 with
         a short Retry-After, a 500, a reset), at most ``same_backend_retries`` times."""
         left = routing.same_backend_retries
         while True:
             try:
-                return await backend.send(request.upstream(served_model))
+                return await backend.send(request.upstream(served_model, native))
             except RouterError as exc:
                 wait = _same_backend_wait(exc, routing.max_retry_after_s)
                 if left <= 0 or wait is None or (retry_budget is not None and not retry_budget.spend()):
@@ -206,8 +208,10 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
         nonlocal last_error
         tried.add(backend.name)
         served_model = backend.config.aliases.get(request.target_model, request.target_model)
+        # The client's own API, where the backend serves it: its body and answer untouched.
+        native = request.native is not None and request.native[0] in backend.apis
         try:
-            response = await send(backend, served_model)
+            response = await send(backend, served_model, native)
         except RouterError as exc:
             exc.backend = backend.name
             last_error = exc
@@ -216,7 +220,8 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
                 context_floor.append(_context_length(backend.view, served_model))
             raise
         exchange = Exchange(backend, response)
-        if (request.stream and routing.commit_after_bytes and response.status == 200
+        exchange.native = native
+        if (request.stream and routing.commit_after_bytes and response.status == 200 and not native
                 and response.content_type == "text/event-stream"):
             try:
                 exchange.held = await hold_first_content(
@@ -235,7 +240,7 @@ async def open_upstream(state: RouterState, request: ProxyRequest) -> Exchange:
             exchange.first_byte_at = time.monotonic()
         request.attempts.append(backend.name)
         exchange.attempts = request.attempts
-        if continuable and any(b.continuation and b.name not in tried for b in serving_now):
+        if continuable and not native and any(b.continuation and b.name not in tried for b in serving_now):
             exchange.continuer = continuer
         return exchange
 

@@ -102,6 +102,8 @@ async def relay_stream(
     finished = False
     splitter = SSESplitter() if chain is not None else None
     transform_failed = False
+    if exchange.native:
+        return await _relay_native(http_request, out, exchange, request_id)
     # Armed when another backend could continue this stream if it breaks: then only whole
     # events are written (a partial one is never left on the wire), the bytes written are
     # kept (references, parsed only on a break), and an error event counts as a break.
@@ -285,3 +287,30 @@ def _without_malformed(chunk: bytes) -> tuple[bytes, int]:
             continue
         kept.append(part)
     return b"\n\n".join(kept), dropped
+
+
+async def _relay_native(http_request: web.Request, out: web.StreamResponse, exchange: Exchange,
+                        request_id: str) -> web.StreamResponse:
+    """A stream in the client's own API (another API than OpenAI's, from a backend that
+    serves it natively): its bytes as they come, nothing added. A failure mid-way ends the
+    response (the API's own error event is the backend's to send)."""
+    ok: bool | None = None
+    try:
+        await out.prepare(http_request)
+        async for chunk in exchange.response.iter_chunks():
+            if exchange.first_byte_at is None:
+                exchange.first_byte_at = time.monotonic()
+            if _USAGE in chunk:
+                exchange.usage_raw = chunk
+            await out.write(chunk)
+        ok = True
+        await out.write_eof()
+    except _UPSTREAM_FAILURES as exc:
+        ok = False
+        log.warning("native stream from %s failed mid-way (request %s): %s", exchange.backend.name
+                    if exchange.backend else "?", request_id, as_router_error(exc).message)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        log.info("client went away mid-stream (request %s); upstream closed", request_id)
+    finally:
+        exchange.finish(ok)
+    return out

@@ -60,14 +60,18 @@ def proxy_handler(endpoint: str, adapter: EndpointAdapter | None = None) -> Hand
                         raise body_too_large(request, exc) from exc
                     if adapter is not None:
                         proxy_request.body = body
+                        if adapter.api is not None and adapter.native_endpoint is not None:
+                            proxy_request.native = (adapter.api, adapter.native_endpoint, body)
                         body = adapter.request(body)
                     proxy_request.parse_body(body)
                     if hooks.has_prepare_request:
                         await hooks.prepare_request(proxy_request, state.view)
                     answer = await hooks.answer_request(proxy_request, state.view) if hooks.has_answer_request else None
                     exchange = Exchange(None, answer) if answer is not None else await open_upstream(state, proxy_request)
-                    chain = await _transforms(state, proxy_request, exchange) if hooks.has_transform_response else None
-                    if adapter is not None:
+                    chain = (await _transforms(state, proxy_request, exchange)
+                             if hooks.has_transform_response and not exchange.native else None)
+                    # A backend that answered in the client's own API: its answer byte for byte.
+                    if adapter is not None and not exchange.native:
                         chain = _adapted(chain, adapter, proxy_request, exchange)
                     if exchange.response.content_type != "text/event-stream":
                         response = await relay_body(exchange, proxy_request.request_id, chain, max_response,

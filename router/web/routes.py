@@ -22,7 +22,14 @@ class EndpointAdapter:
     """Another API's shape over an OpenAI endpoint, for a plugin's compatibility routes:
     ``router.proxy_handler(endpoint, adapter)`` serves it through the same machinery as
     ``/v1/*`` (hooks, routing, failover, limits), with the adapter's two ends added.
-    Override what you need; the defaults change nothing."""
+    Override what you need; the defaults change nothing.
+
+    ``api`` names the API (``messages``, ``responses``) and ``native_endpoint`` its path
+    below ``/v1``: a backend declaring that API in its ``apis`` gets the client's own body
+    there, untouched, and its answer goes back byte for byte (no translation either way)."""
+
+    api: str | None = None
+    native_endpoint: str | None = None
 
     def request(self, body: bytes) -> bytes:
         """The client's body → the OpenAI body for the endpoint (raise ``InvalidRequest``
