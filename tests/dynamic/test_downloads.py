@@ -593,7 +593,9 @@ async def test_pull_against_an_unreachable_hub_fails_clearly(models: Path) -> No
 
 
 async def test_pull_interrupted_resumes_on_the_same_command(hub: FakeHub, models: Path) -> None:
-    size = 6 * MiB
+    # Large enough that the interrupt lands mid-file even on a loaded machine (CI once
+    # saw a 6 MiB pull finish before the signal arrived); the resume runs at full speed.
+    size = 24 * MiB
     files = gguf_repo(hub, big=size)
     hub.throttle_bps = 2 * MiB
     proc = await asyncio.create_subprocess_exec(
