@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,9 @@ class Bar:
         self.stream.flush()
 
 
+INTERRUPTED = "\ninterrupted: what has arrived is kept; run the same command again to resume\n"
+
+
 def _same(job: dict[str, Any], args: argparse.Namespace) -> bool:
     return (job["status"] in ("pending", "downloading") and job["url"] == args.repo
             and job["quantization"] == args.quantization and job["include"] == args.include
@@ -85,6 +89,11 @@ async def pull(args: argparse.Namespace, stream: IO[str]) -> int:
     models.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("router.dynamic.pull")
     downloads = Downloads(models, models / STAGING / PULL_STORE, logger=logger)
+    # Ctrl-C is noted here and acted on between polls: a KeyboardInterrupt turned into a
+    # cancellation could land inside the downloads' own awaits and be lost there.
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
     await downloads.start(resume=False)
     try:
         earlier = next((job for job in downloads.list() if _same(job, args)), None)
@@ -102,7 +111,13 @@ async def pull(args: argparse.Namespace, stream: IO[str]) -> int:
         bar = Bar(stream)
         while job["status"] in ("pending", "downloading"):
             bar.draw(job)
-            await asyncio.sleep(0.2)
+            try:
+                await asyncio.wait_for(interrupted.wait(), 0.2)
+            except TimeoutError:
+                pass
+            if interrupted.is_set():
+                stream.write(INTERRUPTED)
+                return 130
             job = downloads.get(job["job_id"]) or job
         bar.draw(job, final=True)
         if job["status"] != "completed":
@@ -115,14 +130,15 @@ async def pull(args: argparse.Namespace, stream: IO[str]) -> int:
         stream.write(f"error: {exc.message}\n")
         return 1
     finally:
+        loop.remove_signal_handler(signal.SIGINT)
         await downloads.aclose()
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(pull(args, sys.stderr))
-    except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted: what has arrived is kept; run the same command again to resume\n")
+    except KeyboardInterrupt:  # before the loop was running
+        sys.stderr.write(INTERRUPTED)
         return 130
 
 
