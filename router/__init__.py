@@ -49,7 +49,7 @@ from router.hookspecs import hookimpl
 from router.identity import Identity
 from router.http_upstream import AiohttpUpstreamResponse, IdleWatchdog, pooled_session
 from router.provider import ModelCard, Provider, StaticResponse, UpstreamRequest, UpstreamResponse
-from router.request import ProxyRequest
+from router.request import ProxyRequest, json_object
 from router.routing.deadlines import deadline
 from router.routing.limits import Admission
 from router.routing.strategy import Strategy
@@ -71,7 +71,7 @@ __all__ = [
     # config
     "Config", "RoutingConfig", "BackendConfig", "ReasoningConfig", "ReasoningFormat", "ConfigError", "setting", "bounded", "flatten", "overrides_of",
     # requests, responses, streams
-    "ProxyRequest", "ResponseTransform", "SSEEvent", "SSESplitter", "encode_event",
+    "ProxyRequest", "json_object", "ResponseTransform", "SSEEvent", "SSESplitter", "encode_event",
     # read-only views for hooks and strategies
     "Strategy", "BackendView", "RouterView", "Identity",
     # the error tree

@@ -33,11 +33,12 @@ from router import (
     RouterError,
     RouterView,
     hookimpl,
+    json_object,
     jsonlib,
     proxy_handler,
 )
 
-from plugins.anthropic_messages.request import estimate_tokens, load, to_chat
+from plugins.anthropic_messages.request import estimate_tokens, to_chat
 from plugins.anthropic_messages.response import ErrorBody, MessageBody, MessageStream, error_body, usage
 
 #: Providers whose backends are the router's own engines: counting a prompt there (one
@@ -53,7 +54,7 @@ class MessagesAdapter(EndpointAdapter):
     native_endpoint = "messages"
 
     def request(self, body: bytes) -> bytes:
-        return jsonlib.dumps(to_chat(load(body)))
+        return jsonlib.dumps(to_chat(json_object(body)))
 
     def response(self, request: ProxyRequest, status: int, content_type: str) -> ResponseTransform | None:
         if status != 200:
@@ -97,7 +98,7 @@ class CountAdapter(EndpointAdapter):
     ``usage.prompt_tokens`` is the count."""
 
     def request(self, body: bytes) -> bytes:
-        return jsonlib.dumps(to_chat({**load(body), "max_tokens": 1, "stream": False}))
+        return jsonlib.dumps(to_chat({**json_object(body), "max_tokens": 1, "stream": False}))
 
     def response(self, request: ProxyRequest, status: int, content_type: str) -> ResponseTransform | None:
         return ErrorBody(status) if status != 200 else CountBody()
@@ -117,7 +118,7 @@ def count_tokens(router: RouterView) -> Handler:
     exact = proxy_handler("chat/completions", CountAdapter())
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        payload: dict[str, Any] = load(await request.read())
+        payload: dict[str, Any] = json_object(await request.read())
         count = estimate_tokens(payload)  # validates the body too
         if _local(router, str(payload["model"])):
             return await exact(request)

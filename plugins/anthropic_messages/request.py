@@ -15,16 +15,6 @@ REFUSED = {"mcp_servers": "MCP connectors are not supported by the router",
            "container": "code-execution containers are not supported by the router"}
 
 
-def load(body: bytes) -> dict[str, Any]:
-    try:
-        payload = jsonlib.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return payload
-
-
 def _number(payload: dict[str, Any], name: str, whole: bool = False) -> Any:
     value = payload.get(name)
     if value is None:

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from plugins.dynamic.provider import DynamicProvider
-from router import InvalidRequest, NotFound, RouterError, RouterView, Route, jsonlib, shown
+from router import InvalidRequest, NotFound, RouterError, RouterView, Route, json_object, jsonlib, shown
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,15 +60,7 @@ class ManagementAPI:
 
     async def body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
-        if not raw:
-            return {}
-        try:
-            payload = jsonlib.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        return payload
+        return json_object(raw) if raw else {}
 
     def target(self, request: web.Request, payload: dict[str, Any]) -> DynamicProvider:
         name = payload.get("router_backend", request.query.get("router_backend"))

@@ -30,11 +30,12 @@ from router import (
     Route,
     RouterView,
     hookimpl,
+    json_object,
     jsonlib,
     proxy_handler,
 )
 
-from plugins.responses_api.request import Pending, load, to_chat
+from plugins.responses_api.request import Pending, to_chat
 from plugins.responses_api.response import ResponseBody, ResponseStream
 from plugins.responses_api.store import ResponseStore
 
@@ -52,7 +53,7 @@ class ResponsesAdapter(EndpointAdapter):
         self.store = store
 
     def request(self, body: bytes) -> bytes:
-        chat, pending = to_chat(load(body), self.store)
+        chat, pending = to_chat(json_object(body), self.store)
         _PENDING.set(pending)
         return jsonlib.dumps(chat)
 

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from router import InvalidRequest, NotFound, jsonlib
+from router import InvalidRequest, NotFound
 
 from plugins.responses_api.store import ResponseStore
 
@@ -31,16 +31,6 @@ class Pending:
     echo: dict[str, Any]
     #: The conversation without ``instructions``: previous turns and this input.
     history: list[dict[str, Any]]
-
-
-def load(body: bytes) -> dict[str, Any]:
-    try:
-        payload = jsonlib.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return payload
 
 
 def _number(payload: dict[str, Any], name: str, whole: bool = False) -> Any:
