@@ -26,7 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import yaml
@@ -245,14 +246,23 @@ def run_soak(requests: int = 3000, concurrency: int = 32, seed: int = 1) -> Soak
     return report
 
 
+T = TypeVar("T")
+
+
 def _settled_tasks(loop: BackgroundLoop) -> int:
     """The router's tasks that persist: the fewest of a few samples 0.2 s apart (a health
     check in progress has short-lived child tasks; they are not leaks)."""
-    counts = []
-    for _ in range(5):
-        counts.append(len(loop.run(_tasks())))
-        time.sleep(0.2)
-    return min(counts)
+    return min(_samples(lambda: len(loop.run(_tasks()))))
+
+
+def _samples(take: Callable[[], T], n: int = 5, every_s: float = 0.2) -> list[T]:
+    """``n`` readings ``every_s`` apart: what persists is in the fewest of them, what is
+    in flight for a moment is not."""
+    out = []
+    for _ in range(n):
+        out.append(take())
+        time.sleep(every_s)
+    return out
 
 
 async def _tasks() -> set[asyncio.Task[Any]]:
@@ -270,10 +280,7 @@ def _settled_in_use(loop: BackgroundLoop, router: RouterServer) -> tuple[int, in
     """The fewest connections in use and requests pending over a few samples 0.2 s apart: a
     round of health checks (one connection per backend, every 0.5 s here) is in flight for a
     moment, on a slow machine long enough to be sampled; a leak is there in every sample."""
-    samples = []
-    for _ in range(5):
-        samples.append(loop.run(_in_use(router)))
-        time.sleep(0.2)
+    samples = _samples(lambda: loop.run(_in_use(router)))
     return min(in_use for in_use, _ in samples), min(pending for _, pending in samples)
 
 
